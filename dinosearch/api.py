@@ -1,0 +1,299 @@
+"""The Python API: one `Index` object over a directory, for the CLI, the web app and library users.
+
+    from dinosearch import Index
+    with Index("~/.dinosearch") as ix:
+        ix.add("~/Pictures")
+        for hit in ix.search("bag.jpg", k=5):
+            print(hit.rank, f"{hit.score:.3f}", hit.path)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import index as indexer
+from .decode import MAX_PIXELS, DecodeError, decode, prepare_pil
+from .embed import Dinov2Embedder, Embedder, l2_normalise
+from .errors import DinosearchError, ImageError, IndexLockedError, IndexNotFoundError, ModelMismatchError, UnknownImageError
+from .records import Failure, Hit, IndexReport, ModelFingerprint, Stats
+from .search import mean_query, search
+from .store import vectors as vector_store
+from .store.catalogue import DB_NAME, Catalogue
+from .store.lock import WriterLock
+
+DEFAULT_MODEL = "facebook/dinov2-small"
+MODEL_KEY = "model"  # settings key holding the ModelFingerprint
+
+ImageLike = Any  # a path (str / os.PathLike), file bytes, or a PIL.Image.Image
+
+
+class Index:
+    """An image index in one directory: SQLite catalogue + FAISS vectors + the model that made them.
+
+    `model` is a hub id or a local checkpoint directory; None uses the model the index was made
+    with (or DEFAULT_MODEL for a new index). `embedder` injects any object with the Embedder protocol.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        model: str | None = None,
+        device: str = "auto",
+        precision: str = "auto",
+        batch_size: int | None = None,
+        workers: int | None = None,
+        embedder: Embedder | None = None,
+        create: bool = True,
+    ):
+        self.dir = Path(directory).expanduser()
+        if not create and not (self.dir / DB_NAME).exists():
+            raise IndexNotFoundError(f"no index at {self.dir}; create one with `dinosearch index PATH --index {self.dir}`")
+        self.catalogue = Catalogue(self.dir, create=create)
+        self._model = model
+        self._device, self._precision = device, precision
+        self._batch_size, self._workers = batch_size, workers
+        self._embedder = embedder
+        self._checked = False
+        self._vectors: vector_store.LoadedVectors | None = None
+        self._vectors_version = -1
+
+    # model --------------------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> ModelFingerprint | None:
+        d = self.catalogue.get_setting(MODEL_KEY)
+        return ModelFingerprint.from_dict(d) if d else None
+
+    @property
+    def model_name(self) -> str:
+        fp = self.fingerprint
+        return self._model or (fp.model if fp else DEFAULT_MODEL)
+
+    def embedder(self) -> Embedder:
+        """The model, loaded on first use and checked against the one that made this index."""
+        if self._embedder is None:
+            self._embedder = Dinov2Embedder(
+                self.model_name, device=self._device, precision=self._precision, batch_size=self._batch_size
+            )
+        if not self._checked:
+            self._check_model(self._embedder.fingerprint)
+            self._checked = True
+        return self._embedder
+
+    def _check_model(self, fp: ModelFingerprint) -> None:
+        recorded = self.fingerprint
+        if recorded is None:
+            self.catalogue.set_settings({MODEL_KEY: fp.to_dict()})
+        elif recorded.key() != fp.key():
+            raise ModelMismatchError(
+                f"this index was made with model '{recorded.model}' (dim {recorded.dim}, weights {recorded.weights[:12]}), "
+                f"not '{fp.model}' (dim {fp.dim}, weights {fp.weights[:12]}); use --model {recorded.model}, "
+                f"or start a new index with --index NEW_DIR"
+            )
+
+    # writing ------------------------------------------------------------------------------------
+    def add(
+        self,
+        *paths: str | os.PathLike[str],
+        follow_symlinks: bool = False,
+        metadata: Mapping[str, dict[str, Any]] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        decode_timeout: float = 60.0,
+        max_pixels: int = MAX_PIXELS,
+    ) -> IndexReport:
+        """Index (or re-index) folders and files; only what changed since the last run is done."""
+        with WriterLock(self.dir):
+            fp = self.fingerprint
+            if self._model and fp and self._model != fp.model:
+                self.embedder()  # another model named: check it now, before anything is written
+            report, changed = indexer.run(
+                self.catalogue,
+                [os.fspath(p) for p in paths],
+                load_embedder=self.embedder,
+                batch_size=self._batch_size,
+                workers=self._workers,
+                decode_timeout=decode_timeout,
+                max_pixels=max_pixels,
+                follow_symlinks=follow_symlinks,
+                metadata=metadata,
+                progress=progress,
+            )
+            self._sync_vectors(force=changed)
+        return report
+
+    def _sync_vectors(self, *, force: bool) -> None:
+        """Make the FAISS file match SQLite (writer lock held)."""
+        fp = self.fingerprint
+        if fp is None:
+            return
+        state = self.catalogue.get_setting(vector_store.GENERATION_KEY) or {}
+        version = self.catalogue.version()
+        if not force and state.get("version") == version and vector_store.file_for(self.dir, state.get("generation", 0)).exists():
+            return
+        index = vector_store.build(self.catalogue, fp.dim)
+        generation = vector_store.save(index, self.catalogue, fp.dim, version)
+        self._vectors = vector_store.LoadedVectors(index, generation, rebuilt=False)
+        self._vectors_version = version
+
+    def repair(self) -> bool:
+        """Rebuild the FAISS file from SQLite if it does not match; returns True if it was rebuilt."""
+        with WriterLock(self.dir):
+            loaded = self._load_vectors()
+            if loaded is not None and loaded.rebuilt:
+                self._sync_vectors(force=True)
+                return True
+        return False
+
+    # reading ------------------------------------------------------------------------------------
+    def _load_vectors(self) -> vector_store.LoadedVectors | None:
+        """The current vectors, reloaded when another process wrote a new version."""
+        fp = self.fingerprint
+        if fp is None:
+            return None
+        version = self.catalogue.version()
+        if self._vectors is None or version != self._vectors_version:
+            self._vectors = vector_store.load(self.catalogue, fp.dim)
+            self._vectors_version = version
+            if self._vectors.rebuilt and self._vectors.count:
+                self._persist_rebuild()
+        return self._vectors
+
+    def _persist_rebuild(self) -> None:
+        # A reader that had to rebuild saves its work when no writer is busy; otherwise the writer will.
+        try:
+            with WriterLock(self.dir):
+                assert self._vectors is not None and self.fingerprint is not None
+                if self.catalogue.version() == self._vectors_version:
+                    vector_store.save(self._vectors.index, self.catalogue, self.fingerprint.dim, self._vectors_version)
+        except (IndexLockedError, DinosearchError, OSError):
+            pass
+
+    def vector_of(self, image: ImageLike) -> tuple[np.ndarray, int | None]:
+        """One query image -> ((dim,) unit vector, the id of the same indexed file or None).
+
+        An indexed file unchanged since indexing, or any file whose content is already indexed, uses
+        the stored vector without loading the model.
+        """
+        from PIL import Image
+
+        if isinstance(image, Image.Image):
+            return self._embed_pixels(prepare_pil(image, self.embedder().preprocess)), None
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            return self.vector_of_bytes(bytes(image)), None
+        path = os.path.abspath(os.fspath(image))
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise ImageError(f"{path} does not exist", kind="not-found") from None
+        found = self.catalogue.lookup_path(path)
+        if found is not None:
+            known, vector = found
+            if known.size == st.st_size and known.mtime_ns == st.st_mtime_ns:
+                return vector, known.id
+        read = indexer.read_file(indexer.ImageFile(path, path, st.st_size, st.st_mtime_ns))
+        if not isinstance(read, indexer._Read):
+            raise ImageError(f"cannot read {path}: {getattr(read, 'message', 'not a regular file')}", kind="unreadable")
+        same_file = found[0].id if found is not None else None
+        stored = self.catalogue.vector_for_hash(read.content_hash)
+        if stored is not None:
+            return np.frombuffer(stored, dtype="<f4").astype(np.float32), same_file
+        return self.vector_of_bytes(read.data, name=path), same_file
+
+    def vector_of_bytes(self, data: bytes, *, name: str = "the image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+        embedder = self.embedder()
+        try:
+            d = decode(data, embedder.preprocess, max_pixels=max_pixels)
+        except DecodeError as exc:
+            raise ImageError(f"{name}: {exc.message}", kind=exc.kind) from None
+        return self._embed_pixels(d.pixels)
+
+    def _embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        return self.embedder().embed(pixels[None])[0]
+
+    def search(
+        self,
+        *images: ImageLike,
+        k: int = 10,
+        min_score: float | None = None,
+        where: Mapping[str, str] | None = None,
+    ) -> list[Hit]:
+        """Images like these (paths, bytes or PIL images; several: their mean). The query files
+        themselves never appear in their own results."""
+        if not images:
+            raise ImageError("no query image given")
+        vectors, exclude = [], set()
+        for image in images:
+            v, same = self.vector_of(image)
+            vectors.append(v)
+            if same is not None:
+                exclude.add(same)
+        return self.search_vector(mean_query(vectors), k=k, min_score=min_score, where=where, exclude_ids=exclude)
+
+    def search_vector(
+        self,
+        vector: np.ndarray,
+        *,
+        k: int = 10,
+        min_score: float | None = None,
+        where: Mapping[str, str] | None = None,
+        exclude_ids: set[int] | frozenset[int] = frozenset(),
+    ) -> list[Hit]:
+        """Nearest images to a (dim,) vector (normalised here)."""
+        loaded = self._load_vectors()
+        if loaded is None:
+            return []
+        q = l2_normalise(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
+        if q.shape[0] != loaded.index.d:
+            raise DinosearchError(f"the query vector has {q.shape[0]} dimensions, the index {loaded.index.d}")
+        return search(self.catalogue, loaded.index, q, k=k, min_score=min_score, exclude_ids=exclude_ids, where=where)
+
+    def similar(self, image_id: int, *, k: int = 10, where: Mapping[str, str] | None = None) -> list[Hit]:
+        """More like an indexed image, from its stored vector; the image itself is left out."""
+        vector = self.catalogue.vector_of(int(image_id))
+        if vector is None:
+            raise UnknownImageError(f"no indexed image has id {image_id}")
+        return self.search_vector(vector, k=k, where=where, exclude_ids={int(image_id)})
+
+    def stats(self) -> Stats:
+        fp = self.fingerprint
+        loaded = self._load_vectors()
+        return Stats(
+            images=self.catalogue.count_images(),
+            vectors=loaded.count if loaded else 0,
+            failed=self.catalogue.count_failures(),
+            model=fp.model if fp else None,
+            dim=fp.dim if fp else None,
+            index_type=vector_store.INDEX_TYPE,
+            bytes=self.catalogue.disk_bytes(),
+        )
+
+    def failures(self) -> list[Failure]:
+        return self.catalogue.list_failures()
+
+    def close(self) -> None:
+        self.catalogue.close()
+
+    def __enter__(self) -> "Index":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def embed_images(embedder: Embedder, images: list[ImageLike]) -> np.ndarray:
+    """Embed images with any embedder, outside an index. (n, dim) float32."""
+    from PIL import Image
+
+    rows = []
+    for image in images:
+        if isinstance(image, Image.Image):
+            rows.append(prepare_pil(image, embedder.preprocess))
+        else:
+            data = bytes(image) if isinstance(image, (bytes, bytearray)) else Path(image).read_bytes()
+            rows.append(decode(data, embedder.preprocess).pixels)
+    return l2_normalise(embedder.embed(np.stack(rows)))

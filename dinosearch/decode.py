@@ -1,0 +1,229 @@
+"""Decode: untrusted file bytes -> RGB pixels ready for the model, or a DecodeError saying why not.
+
+Pure functions over bytes, so they can run in a sandboxed worker process (workers.py) that never
+touches the file system, and so a file's hash and its pixels always come from the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+from .records import Preprocess
+
+# By content, never by extension. Everything else (EPS, PDF, PSD, FITS, SVG ...) is never handed to a codec.
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
+SUPPORTED = "JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC/HEIF, AVIF"
+
+# Our own pixel cap, checked from the header before any pixel is decoded. It equals Pillow's hard
+# limit, so nothing between Pillow's warning and error thresholds is decoded at full size without draft.
+MAX_PIXELS = 2 * 89_478_485
+
+_heif_registered = False
+
+
+def _register_heif() -> None:
+    global _heif_registered
+    if not _heif_registered:
+        try:
+            from pillow_heif import register_heif_opener
+
+            register_heif_opener()
+        except ImportError:  # HEIC files then fail with a message naming the missing package
+            pass
+        _heif_registered = True
+
+
+class DecodeError(Exception):
+    """A per-file failure: `kind` is a short tag, the message says what is wrong and what to do."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Decoded:
+    pixels: np.ndarray  # (crop_height, crop_width, 3) uint8, RGB
+    width: int  # of the original image, after EXIF orientation
+    height: int
+    format: str
+
+
+_SIGNATURES = (
+    (b"%PDF", "PDF"),
+    (b"8BPS", "PSD (Photoshop)"),
+    (b"%!PS", "PostScript/EPS"),
+    (b"\xc5\xd0\xd3\xc6", "EPS"),
+    (b"SIMPLE  =", "FITS"),
+    (b"PK\x03\x04", "a ZIP archive"),
+    (b"\x1f\x8b", "gzip data"),
+)
+
+
+def sniff(data: bytes) -> str | None:
+    """Name what the bytes look like, for the failure message of a non-image."""
+    for magic, name in _SIGNATURES:
+        if data.startswith(magic):
+            return name
+    head = data[:512].lstrip().lower()
+    if b"<svg" in head or (head.startswith(b"<?xml") and b"svg" in head):
+        return "SVG"
+    if head.startswith((b"<!doctype html", b"<html")):
+        return "HTML"
+    try:
+        data[:512].decode("utf-8")
+        return "text"
+    except UnicodeDecodeError:
+        return None
+
+
+def open_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open (not decode) an allowed image, checking the declared size before any pixel is read."""
+    if not data:
+        raise DecodeError("empty", "the file is empty (0 bytes); re-copy or re-export it")
+    _register_heif()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError:
+        what = sniff(data)
+        seen = f" (the content is {what})" if what else ""
+        raise DecodeError(
+            "not-an-image", f"not a supported image{seen}; supported formats are {SUPPORTED}"
+        ) from None
+    except Image.DecompressionBombError:
+        raise DecodeError("too-large", "declares more pixels than the decompression-bomb limit") from None
+    except Exception as exc:  # noqa: BLE001 - codecs raise anything on malformed headers
+        raise DecodeError("corrupt", f"unreadable {_kind_of(exc)} in the image header; re-export the file") from None
+    width, height = im.size
+    if width <= 0 or height <= 0:
+        raise DecodeError("corrupt", f"declares an impossible size {width}x{height}; re-export the file")
+    if width * height > max_pixels:
+        raise DecodeError(
+            "too-large",
+            f"is {width}x{height} ({width * height / 1e6:.0f} MP), over the {max_pixels / 1e6:.0f} MP limit; "
+            "downscale it to index it",
+        )
+    return im
+
+
+def _kind_of(exc: BaseException) -> str:
+    return "data" if isinstance(exc, (ValueError, SyntaxError)) else "structure"
+
+
+def load_rgb(
+    data: bytes, *, min_side: int = 0, max_pixels: int = MAX_PIXELS
+) -> tuple[Image.Image, tuple[int, int], str]:
+    """Decode to an upright RGB image whose shortest side is still >= `min_side` (0: full size).
+
+    JPEGs are decoded at a DCT scale (draft) when that keeps the shortest side >= min_side: a 12 MP
+    photo then decodes at 1/8 of its size, several times faster. Returns the image, the original
+    (upright) width and height, and the format.
+    """
+    im = open_image(data, max_pixels=max_pixels)
+    fmt = im.format or "?"
+    width, height = im.size
+    try:
+        if fmt == "JPEG" and min_side > 0:
+            im.draft("RGB", (min_side, min_side))
+        im.load()  # the first frame of a GIF/WebP animation or the first page of a TIFF
+        before = im.size
+        im = _upright(im)
+        if im.size != before and im.size == before[::-1]:
+            width, height = height, width
+        return _to_rgb(im), (width, height), fmt
+    except DecodeError:
+        raise
+    except MemoryError:
+        raise DecodeError("too-large", "ran out of memory decoding this image; downscale it to index it") from None
+    except Exception as exc:  # noqa: BLE001 - truncated or corrupt data raises many types
+        raise DecodeError(
+            "corrupt", f"{fmt} data is truncated or corrupt ({type(exc).__name__}); re-copy or re-export it"
+        ) from None
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:  # noqa: BLE001 - malformed EXIF must not fail the file: keep it as stored
+        return im
+
+
+_SRGB = None
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode == "CMYK":
+        icc = im.info.get("icc_profile")
+        if icc:
+            global _SRGB
+            try:
+                if _SRGB is None:
+                    _SRGB = ImageCms.createProfile("sRGB")
+                src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+                return ImageCms.profileToProfile(im, src, _SRGB, outputMode="RGB")
+            except Exception:  # noqa: BLE001 - a broken profile: fall back to the plain conversion
+                pass
+        return im.convert("RGB")
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit (or 32-bit int) grey: scale to 8 bits instead of clipping everything above 255 to white.
+        arr = np.asarray(im).astype(np.float64)
+        top = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if mode == "F":
+        arr = np.asarray(im)
+        arr = np.clip(arr * (255.0 if arr.max(initial=0) <= 1.0 else 1.0) + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info)
+    if has_alpha or (mode in ("L", "1") and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        # A fixed white background: transparent product shots are usually on white.
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def resize_and_crop(im: Image.Image, pre: Preprocess) -> np.ndarray:
+    """Resize the shortest edge and centre-crop exactly as the checkpoint's image processor does.
+
+    Returns (crop_height, crop_width, 3) uint8.
+    """
+    width, height = im.size
+    if pre.resize_shortest:
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = pre.resize_shortest, int(pre.resize_shortest * long / short)
+        new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+        if (new_w, new_h) != (width, height):
+            im = im.resize((new_w, new_h), resample=pre.resample)
+    width, height = im.size
+    ch, cw = pre.crop_height, pre.crop_width
+    if width < cw or height < ch:  # smaller than the crop: pad with black as the processor does
+        canvas = Image.new("RGB", (max(width, cw), max(height, ch)))
+        canvas.paste(im, ((canvas.width - width) // 2, (canvas.height - height) // 2))
+        im, width, height = canvas, canvas.width, canvas.height
+    top, left = (height - ch) // 2, (width - cw) // 2
+    im = im.crop((left, top, left + cw, top + ch))
+    return np.asarray(im, dtype=np.uint8)
+
+
+def decode(data: bytes, pre: Preprocess, *, max_pixels: int = MAX_PIXELS) -> Decoded:
+    """File bytes -> model-ready pixels. Raises DecodeError for anything that is not a usable image."""
+    min_side = pre.resize_shortest or max(pre.crop_height, pre.crop_width)
+    im, (width, height), fmt = load_rgb(data, min_side=min_side, max_pixels=max_pixels)
+    return Decoded(resize_and_crop(im, pre), width, height, fmt)
+
+
+def prepare_pil(im: Image.Image, pre: Preprocess) -> np.ndarray:
+    """An already-open PIL image (library callers) -> model-ready pixels, with the same conversions."""
+    return resize_and_crop(_to_rgb(_upright(im)), pre)

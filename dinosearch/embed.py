@@ -1,0 +1,196 @@
+"""Embed: model-ready pixels -> L2-normalised vectors.
+
+The `Embedder` protocol is all the pipeline knows of a model; `Dinov2Embedder` is the real one
+(transformers `AutoModel`, CLS token = `pooler_output`). torch and transformers are imported only
+when a model is actually loaded, so commands that need no model start fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from .errors import ModelLoadError
+from .records import ModelFingerprint, Preprocess
+
+if TYPE_CHECKING:
+    import torch
+
+DINOV2_TYPES = ("dinov2", "dinov2_with_registers")
+
+
+class Embedder(Protocol):
+    fingerprint: ModelFingerprint
+    preprocess: Preprocess
+    batch_size: int
+
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        """(n, crop_height, crop_width, 3) uint8 RGB -> (n, dim) float32, each row of unit length."""
+        ...
+
+
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    """(n, d) -> (n, d) float32 rows of unit length (zero rows stay zero)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+def resolve_device(device: str = "auto") -> str:
+    """auto -> cuda when available, else mps, else cpu. An explicit device that is absent is an error."""
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("--device cuda was asked for, but torch sees no CUDA GPU; use --device cpu or auto")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelLoadError("--device mps was asked for, but MPS is not available; use --device cpu or auto")
+    if device not in ("cpu", "cuda", "mps"):
+        raise ModelLoadError(f"unknown device {device!r}; use auto, cpu, cuda or mps")
+    return device
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """auto -> fp16 (or bf16 where supported) on a GPU, fp32 on the CPU."""
+    import torch
+
+    if precision != "auto":
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise ModelLoadError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
+        return precision
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device == "mps":
+        return "fp16"
+    return "fp32"
+
+
+def preprocess_from_processor(processor: Any) -> Preprocess:
+    """Read resize / crop / normalisation from a transformers image processor (its config, not ours)."""
+    from PIL import Image
+
+    def get(name: str, default: Any = None) -> Any:
+        return getattr(processor, name, default)
+
+    size = get("size") or {}
+    shortest = _field(size, "shortest_edge") if get("do_resize", True) else 0
+    if get("do_resize", True) and not shortest:
+        raise ModelLoadError(f"unsupported image processor size {size!r}: dinosearch needs a shortest_edge resize")
+    crop = get("crop_size") or {}
+    if get("do_center_crop", True) and crop:
+        ch, cw = _field(crop, "height"), _field(crop, "width")
+    else:
+        ch = cw = int(shortest)
+    resample = get("resample", Image.Resampling.BICUBIC)
+    resample = int(getattr(resample, "value", resample))
+    mean = tuple(float(x) for x in (get("image_mean") if get("do_normalize", True) else (0.0, 0.0, 0.0)))
+    std = tuple(float(x) for x in (get("image_std") if get("do_normalize", True) else (1.0, 1.0, 1.0)))
+    rescale = float(get("rescale_factor", 1 / 255)) if get("do_rescale", True) else 1.0
+    return Preprocess(int(shortest or 0), int(ch), int(cw), resample, mean, std, rescale)  # type: ignore[arg-type]
+
+
+def _field(obj: Any, name: str) -> Any:
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
+def weights_hash(model: "torch.nn.Module") -> str:
+    """A content hash of the loaded weights: the same checkpoint from the hub or a local copy matches."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(str(t.dtype).encode())
+        digest.update(t.view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class Dinov2Embedder:
+    """DINOv2 from a hub id or a local directory, through transformers' own `from_pretrained`.
+
+    Never falls back to anything else: a model that cannot be loaded is a ModelLoadError that says
+    how to get the weights.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        batch_size: int | None = None,
+    ):
+        import torch
+        from transformers import AutoImageProcessor, AutoModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        try:
+            net = AutoModel.from_pretrained(model)
+            processor = AutoImageProcessor.from_pretrained(model)
+        except Exception as exc:  # noqa: BLE001 - hub, file and format errors all mean "cannot load"
+            raise ModelLoadError(_load_message(model, exc)) from None
+        model_type = getattr(net.config, "model_type", "?")
+        if model_type not in DINOV2_TYPES:
+            raise ModelLoadError(f"'{model}' is a {model_type} model, not DINOv2; point --model at a DINOv2 checkpoint")
+        self.preprocess = preprocess_from_processor(processor)
+        net.eval()
+        self.fingerprint = ModelFingerprint(
+            model=model,
+            weights=weights_hash(net),
+            dim=int(net.config.hidden_size),
+            preprocess=self.preprocess.describe(),
+            pooling="cls",
+            precision=self.precision,
+        )
+        self.net = net.to(self.device)
+        self.batch_size = batch_size or (64 if self.device == "cuda" else 16)
+        self._torch = torch
+        mean = torch.tensor(self.preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.preprocess.std, dtype=torch.float32).view(1, 3, 1, 1)
+        self._scale = (self.preprocess.rescale / std).to(self.device)
+        self._shift = (mean / std).to(self.device)
+
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        """(n, h, w, 3) uint8 -> (n, dim) float32, L2-normalised CLS tokens."""
+        torch = self._torch
+        if len(pixels) == 0:
+            return np.zeros((0, self.fingerprint.dim), dtype=np.float32)
+        if not pixels.flags.writeable or not pixels.flags.c_contiguous:
+            pixels = np.array(pixels, copy=True, order="C")
+        batch = torch.from_numpy(pixels)
+        if self.device == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        else:
+            batch = batch.to(self.device)
+        # (n, h, w, 3) uint8 -> (n, 3, h, w) float, rescaled and normalised in one fused step.
+        x = batch.permute(0, 3, 1, 2).float() * self._scale - self._shift
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        with torch.inference_mode():
+            if dtype is not None:
+                with torch.autocast(device_type=self.device if self.device != "mps" else "mps", dtype=dtype):
+                    out = self.net(pixel_values=x).pooler_output
+            else:
+                out = self.net(pixel_values=x).pooler_output
+            out = torch.nn.functional.normalize(out.float(), dim=1)
+        return out.cpu().numpy().astype(np.float32, copy=False)
+
+
+def _load_message(model: str, exc: Exception) -> str:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if len(reason) > 200:
+        reason = reason[:197] + "..."
+    name = model.rstrip("/").split("/")[-1] or "model"
+    return (
+        f"cannot load model '{model}' ({reason}). Download it on a machine with network access, e.g. "
+        f"`hf download {model} --local-dir ./{name}`, then pass --model ./{name} (or set DINOSEARCH_MODEL)"
+    )

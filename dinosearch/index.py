@@ -1,0 +1,333 @@
+"""Index: walk -> skip unchanged -> read + hash -> reuse or decode -> embed -> write -> sweep -> report.
+
+Cheapest first: size and mtime skip an unchanged file without opening it; a content hash already in
+the catalogue (a rename or a copy) reuses the stored vector without decoding; only new content meets
+the model. Rows are committed in chunks, so an interrupted run keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import stat
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from .decode import MAX_PIXELS
+from .embed import Embedder
+from .errors import PathNotFoundError
+from .records import ImageFile, IndexReport
+from .store.catalogue import Catalogue, FailureRow, ImageRow, Known, vector_bytes
+from .walk import WalkResult, walk
+from .workers import DecodeFailed, Decoded, DecodePool
+
+MAX_FILE_BYTES = 1 << 30  # a larger "image" is refused before it is read into memory
+HASH = "blake2b-128"
+
+Progress = Callable[[int, int], None]  # (files done, files to do)
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True)
+class _Read:
+    file: ImageFile  # size and mtime as fstat saw them when the bytes were read
+    content_hash: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class _Reuse:
+    file: ImageFile
+    content_hash: str
+    vector: bytes
+
+
+@dataclass(frozen=True)
+class _Failed:
+    file: ImageFile
+    error: str
+    message: str
+
+
+@dataclass(frozen=True)
+class _Vanished:
+    file: ImageFile
+
+
+def read_file(f: ImageFile) -> _Read | _Failed | _Vanished:
+    """Read one file whole, with its identity taken from the same open descriptor as its bytes.
+
+    O_NONBLOCK: a file swapped for a FIFO after the walk must not hang the run.
+    """
+    try:
+        fd = os.open(f.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        return _Vanished(f)
+    except PermissionError:
+        return _Failed(f, "unreadable", "permission denied; make the file readable to index it")
+    except OSError as exc:
+        return _Failed(f, "unreadable", f"cannot open the file ({exc.strerror}); check it and run again")
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return _Vanished(f)
+        if st.st_size > MAX_FILE_BYTES:
+            return _Failed(f, "too-large", f"the file is {st.st_size >> 20} MiB, over the {MAX_FILE_BYTES >> 20} MiB limit")
+        chunks = []
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        data = b"".join(chunks)
+    except OSError as exc:
+        return _Failed(f, "unreadable", f"read error ({exc.strerror}); check the disk and run again")
+    finally:
+        os.close(fd)
+    return _Read(replace(f, size=st.st_size, mtime_ns=st.st_mtime_ns), content_hash(data), data)
+
+
+@dataclass
+class Plan:
+    """What a run has to do, decided from stat alone."""
+
+    todo: list[ImageFile]
+    known: dict[str, Known]
+    unchanged: int
+    failed_unchanged: int
+    gone: list[str]
+    gone_failures: list[str]
+    warnings: list[str]
+
+
+def plan(catalogue: Catalogue, roots: list[str], *, follow_symlinks: bool = False) -> Plan:
+    walks: dict[str, WalkResult] = {}
+    for root in roots:
+        if not os.path.exists(root):
+            raise PathNotFoundError(f"{root} does not exist; check the path (nothing was changed)")
+        walks[root] = walk(root, follow_symlinks=follow_symlinks)
+    known = catalogue.known_under(roots)
+    known_failed = catalogue.failures_under(roots)
+    warnings: list[str] = []
+    protected: list[str] = []  # prefixes whose rows must not be swept
+    for root, w in walks.items():
+        if not w.files:
+            if any(_under(p, root) for p in known):
+                warnings.append(f"{root} holds no images now; its indexed images were kept (is it unmounted?)")
+            protected.append(root)
+        for d in w.unreadable:
+            warnings.append(f"cannot list {d}; its indexed images were kept")
+            protected.append(d)
+    seen: set[str] = set()
+    todo: list[ImageFile] = []
+    unchanged = failed_unchanged = 0
+    for w in walks.values():
+        for f in w.files:
+            if f.path in seen:
+                continue  # overlapping roots
+            seen.add(f.path)
+            k = known.get(f.path)
+            if k is not None and k.size == f.size and k.mtime_ns == f.mtime_ns:
+                unchanged += 1
+            elif k is None and known_failed.get(f.path) == (f.size, f.mtime_ns):
+                failed_unchanged += 1
+            else:
+                todo.append(f)
+    gone = [p for p in known if p not in seen and not any(_under(p, r) for r in protected)]
+    gone_failures = [p for p in known_failed if p not in seen and not any(_under(p, r) for r in protected)]
+    return Plan(todo, known, unchanged, failed_unchanged, gone, gone_failures, warnings)
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+class _Reader(threading.Thread):
+    """Reads and hashes files ahead of the model; a known hash short-cuts decoding."""
+
+    def __init__(self, catalogue: Catalogue, todo: list[ImageFile], out: queue.Queue, need_decoder: threading.Event):
+        super().__init__(name="dinosearch-read", daemon=True)
+        self.catalogue, self.todo, self.out = catalogue, todo, out
+        self.need_decoder = need_decoder
+        self.decode_queue: queue.Queue = queue.Queue(maxsize=4)  # bounded: at most a few files in memory
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for f in self.todo:
+                if self.stop.is_set():
+                    return
+                r = read_file(f)
+                if isinstance(r, _Read):
+                    vector = self.catalogue.vector_for_hash(r.content_hash)
+                    if vector is not None:
+                        self._put(self.out, _Reuse(r.file, r.content_hash, vector))
+                    else:
+                        self.need_decoder.set()
+                        self._put(self.decode_queue, r)
+                else:
+                    self._put(self.out, r)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which re-raises
+            self.error = exc
+
+    def _put(self, q: queue.Queue, item: Any) -> None:
+        while not self.stop.is_set():
+            try:
+                q.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+
+def run(
+    catalogue: Catalogue,
+    roots: list[str],
+    *,
+    load_embedder: Callable[[], Embedder],
+    batch_size: int | None = None,
+    workers: int | None = None,
+    decode_timeout: float = 60.0,
+    max_pixels: int = MAX_PIXELS,
+    follow_symlinks: bool = False,
+    metadata: Mapping[str, dict[str, Any]] | None = None,
+    progress: Progress | None = None,
+    commit_every: int = 256,
+    commit_seconds: float = 5.0,
+) -> tuple[IndexReport, bool]:
+    """Index `roots` into the catalogue. Returns the report and whether the catalogue changed.
+
+    `load_embedder` is called at most once, and only when some file's content is new: re-indexing an
+    unchanged tree, or one where files were only renamed or copied, never loads the model.
+    """
+    started = time.monotonic()
+    roots = [os.path.abspath(r) for r in roots]
+    p = plan(catalogue, roots, follow_symlinks=follow_symlinks)
+    total = len(p.todo)
+    counts = {"added": 0, "updated": 0, "failed": p.failed_unchanged, "embedded": 0}
+    pending_rows: list[ImageRow] = []
+    pending_failed: list[FailureRow] = []
+    last_commit = time.monotonic()
+    changed = False
+
+    def commit() -> None:
+        nonlocal pending_rows, pending_failed, last_commit, changed
+        if pending_rows or pending_failed:
+            catalogue.write(pending_rows, pending_failed)
+            changed = True
+        pending_rows, pending_failed, last_commit = [], [], time.monotonic()
+
+    def row(f: ImageFile, h: str, vector: bytes, **extra: Any) -> ImageRow:
+        k = p.known.get(f.path)
+        counts["updated" if k is not None else "added"] += 1
+        meta = metadata.get(f.path) if metadata is not None else None
+        return ImageRow(f.path, f.root, f.size, f.mtime_ns, h, vector, id=k.id if k else None, meta=meta, **extra)
+
+    def fail(f: ImageFile, error: str, message: str) -> None:
+        counts["failed"] += 1
+        pending_failed.append(FailureRow(f.path, f.root, f.size, f.mtime_ns, error, message))
+
+    out: queue.Queue = queue.Queue()
+    need_decoder = threading.Event()
+    reader = _Reader(catalogue, p.todo, out, need_decoder)
+    pool: DecodePool | None = None
+    feeder: threading.Thread | None = None
+    embedder: Embedder | None = None
+    batch: list[Decoded] = []
+    done = 0
+
+    def flush() -> None:
+        nonlocal batch
+        if not batch:
+            return
+        assert embedder is not None
+        vectors = embedder.embed(np.stack([d.pixels for d in batch]))
+        for d, v in zip(batch, vectors):
+            f, h = d.task
+            pending_rows.append(row(f, h, vector_bytes(v), width=d.width, height=d.height, format=d.format))
+        counts["embedded"] += len(batch)
+        batch = []
+
+    try:
+        if total:
+            reader.start()
+        last_item = time.monotonic()
+        while done < total:
+            if need_decoder.is_set() and pool is None:
+                embedder = load_embedder()
+                bs = batch_size or embedder.batch_size
+                pool = DecodePool(
+                    embedder.preprocess,
+                    workers=workers or max(1, os.cpu_count() or 1),
+                    timeout=decode_timeout,
+                    max_pixels=max_pixels,
+                    max_ready=2 * bs,
+                    results=out,
+                )
+                feeder = threading.Thread(target=_feed, args=(reader, pool), name="dinosearch-feed", daemon=True)
+                feeder.start()
+            try:
+                item = out.get(timeout=0.1)
+            except queue.Empty:
+                if reader.error is not None:
+                    raise reader.error
+                if batch and time.monotonic() - last_item > 1.0:
+                    flush()  # the decoders are behind: don't hold finished images back
+                continue
+            last_item = time.monotonic()
+            done += 1
+            if isinstance(item, Decoded):
+                batch.append(item)
+            elif isinstance(item, DecodeFailed):
+                fail(item.task[0], item.error, item.message)
+            elif isinstance(item, _Reuse):
+                pending_rows.append(row(item.file, item.content_hash, item.vector))
+            elif isinstance(item, _Failed):
+                fail(item.file, item.error, item.message)
+            # _Vanished: deleted between the walk and the read; the next run sweeps it
+            if batch and (len(batch) >= (batch_size or embedder.batch_size) or done == total):  # type: ignore[union-attr]
+                flush()
+            if len(pending_rows) + len(pending_failed) >= commit_every or time.monotonic() - last_commit > commit_seconds:
+                commit()
+            if progress is not None:
+                progress(done, total)
+        flush()
+    finally:
+        reader.stop.set()
+        if pool is not None:
+            pool.close()
+        commit()  # keep whatever finished, also when interrupted
+    removed = catalogue.remove(p.gone, p.gone_failures) if (p.gone or p.gone_failures) else 0
+    changed = changed or bool(p.gone or p.gone_failures)
+    report = IndexReport(
+        added=counts["added"],
+        updated=counts["updated"],
+        removed=removed,
+        unchanged=p.unchanged,
+        failed=counts["failed"],
+        seconds=time.monotonic() - started,
+        embedded=counts["embedded"],
+        warnings=tuple(p.warnings),
+    )
+    return report, changed
+
+
+def _feed(reader: _Reader, pool: DecodePool) -> None:
+    """Move read files into the decode pool (blocks while the workers are busy: bounded memory)."""
+    while not reader.stop.is_set():
+        try:
+            r = reader.decode_queue.get(timeout=0.2)
+        except queue.Empty:
+            if not reader.is_alive() and reader.decode_queue.empty():
+                return
+            continue
+        pool.submit((r.file, r.content_hash), r.data)

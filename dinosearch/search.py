@@ -1,0 +1,55 @@
+"""Search: a query vector -> ranked hits, with exclusions, a score floor and metadata filters."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import numpy as np
+
+from .embed import l2_normalise
+from .records import Hit
+from .store import vectors as vector_store
+from .store.catalogue import Catalogue
+
+
+def mean_query(vectors: list[np.ndarray]) -> np.ndarray:
+    """Several query images -> one query: the normalised mean of their unit vectors. (dim,) float32."""
+    return l2_normalise(np.mean(np.stack(vectors), axis=0, keepdims=True))[0]
+
+
+def search(
+    catalogue: Catalogue,
+    index: Any,
+    query: np.ndarray,
+    *,
+    k: int = 10,
+    min_score: float | None = None,
+    exclude_ids: Collection[int] = (),
+    where: Mapping[str, str] | None = None,
+) -> list[Hit]:
+    """Nearest images to `query` ((dim,) float32, unit length), best first, ranks 1..k.
+
+    Filters (`where`) apply before the top k is cut, so k hits all match when k exist. Ids that the
+    FAISS index holds but SQLite no longer does (a concurrent delete) are dropped, never shown.
+    """
+    if k <= 0 or index.ntotal == 0:
+        return []
+    allowed = None
+    if where:
+        allowed = catalogue.ids_matching(dict(where))
+        if len(allowed) == 0:
+            return []
+    scores, ids = vector_store.search(index, query.reshape(1, -1), k + len(exclude_ids), ids=allowed)
+    pairs = [
+        (int(i), float(s))
+        for s, i in zip(scores[0], ids[0])
+        if i >= 0 and int(i) not in exclude_ids and (min_score is None or s >= min_score)
+    ][:k]
+    rows = catalogue.rows_by_id(i for i, _ in pairs)
+    hits: list[Hit] = []
+    for i, s in pairs:
+        r = rows.get(i)
+        if r is not None:
+            hits.append(Hit(len(hits) + 1, i, min(1.0, s), r["path"], r["metadata"]))
+    return hits

@@ -1,0 +1,1 @@
+"""Storage: SQLite (the truth, via SQLAlchemy + Alembic) and FAISS (a cache rebuilt from it)."""

@@ -1,0 +1,69 @@
+"""The SQLite schema. Changes go through an Alembic migration in migrations/versions."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+# The Alembic revision this code writes. A database at another known revision is migrated on open;
+# one at an unknown revision was written by a newer dinosearch and is refused.
+SCHEMA_REVISION = "0001"
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# Paths are stored as the file system's own bytes (os.fsencode), so names that are not UTF-8 round-trip.
+images = Table(
+    "images",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),  # AUTOINCREMENT: ids are never reused
+    Column("path", LargeBinary, nullable=False, unique=True),
+    Column("root", LargeBinary, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("mtime_ns", BigInteger, nullable=False),
+    Column("content_hash", String(64), nullable=False, index=True),
+    Column("width", Integer),
+    Column("height", Integer),
+    Column("format", String(16)),
+    Column("vector", LargeBinary, nullable=False),  # float32 little-endian, L2-normalised
+    Column("meta_json", Text),  # catalogue metadata attached to the image, a JSON object
+    Column("indexed_at", Float, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+failures = Table(
+    "failures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("path", LargeBinary, nullable=False, unique=True),
+    Column("root", LargeBinary, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("mtime_ns", BigInteger, nullable=False),
+    Column("error", String(32), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("failed_at", Float, nullable=False),
+)
+
+# Small key -> JSON value facts: the model fingerprint and the FAISS generation written last.
+settings = Table(
+    "settings",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)

@@ -1,0 +1,147 @@
+"""The FAISS index: a cache of the catalogue's vectors, keyed by row id, written atomically.
+
+The file is `vectors-<generation>.faiss`; its generation, count and dim go into SQLite only after the
+file is durably in place. On load, any mismatch with SQLite means a rebuild from SQLite, never wrong ids.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DinosearchError
+from .catalogue import Catalogue
+
+INDEX_TYPE = "IDMap2,Flat"
+GENERATION_KEY = "faiss"  # settings key: {"generation", "count", "dim"}
+
+
+def _faiss() -> Any:
+    import faiss
+
+    return faiss
+
+
+def file_for(index_dir: Path, generation: int) -> Path:
+    return Path(index_dir) / f"vectors-{generation}.faiss"
+
+
+@dataclass
+class LoadedVectors:
+    index: Any  # faiss.IndexIDMap2
+    generation: int
+    rebuilt: bool  # True: the file was missing or did not match SQLite and was rebuilt in memory
+
+    @property
+    def count(self) -> int:
+        return int(self.index.ntotal)
+
+
+def empty_index(dim: int) -> Any:
+    faiss = _faiss()
+    return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+
+def build(catalogue: Catalogue, dim: int) -> Any:
+    """A fresh index of every vector in SQLite."""
+    index = empty_index(dim)
+    for ids, vecs in catalogue.iter_vectors():
+        if vecs.shape[1] != dim:
+            raise DinosearchError(f"stored vectors have {vecs.shape[1]} dimensions, the model {dim}")
+        index.add_with_ids(np.ascontiguousarray(vecs), ids)
+    return index
+
+
+def load(catalogue: Catalogue, dim: int) -> LoadedVectors:
+    """The index as SQLite says it should be: the current file if it matches exactly, else a rebuild."""
+    state = catalogue.get_setting(GENERATION_KEY) or {}
+    generation = int(state.get("generation", 0))
+    path = file_for(catalogue.dir, generation)
+    if generation and path.exists():
+        try:
+            index = _faiss().read_index(str(path))
+            if _matches(index, catalogue, dim, state):
+                return LoadedVectors(index, generation, rebuilt=False)
+        except Exception:  # noqa: BLE001 - a truncated or garbage file is rebuilt, whatever FAISS raises
+            pass
+    return LoadedVectors(build(catalogue, dim), generation, rebuilt=True)
+
+
+def _matches(index: Any, catalogue: Catalogue, dim: int, state: dict[str, Any]) -> bool:
+    faiss = _faiss()
+    if index.d != dim or int(state.get("dim", -1)) != dim:
+        return False
+    if not isinstance(index, faiss.IndexIDMap2):
+        return False
+    if state.get("version") != catalogue.version():
+        return False  # rows were written after this file: their vectors may differ even at equal ids
+    if index.ntotal != state.get("count") or index.ntotal != catalogue.count_images():
+        return False
+    file_ids = np.sort(faiss.vector_to_array(index.id_map).astype(np.int64))
+    return bool(np.array_equal(file_ids, catalogue.all_ids()))
+
+
+def save(index: Any, catalogue: Catalogue, dim: int, version: int) -> int:
+    """Write the index, built from the catalogue at `version`, as the next generation; returns it.
+
+    Only a process holding the writer lock calls this. Old generations are removed afterwards.
+    """
+    faiss = _faiss()
+    state = catalogue.get_setting(GENERATION_KEY) or {}
+    generation = int(state.get("generation", 0)) + 1
+    final = file_for(catalogue.dir, generation)
+    tmp = final.with_name(final.name + ".tmp")
+    try:
+        faiss.write_index(index, str(tmp))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+        _fsync_dir(catalogue.dir)
+    except (OSError, RuntimeError) as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "No space" in str(exc):
+            raise DinosearchError(
+                f"the disk holding {catalogue.dir} is full; the index is unchanged — free some space and run again"
+            ) from None
+        raise DinosearchError(f"could not write the vector index in {catalogue.dir}: {exc}") from None
+    catalogue.set_settings({GENERATION_KEY: {"generation": generation, "count": int(index.ntotal), "dim": dim, "version": version}})
+    remove_stale(catalogue.dir, keep=generation)
+    return generation
+
+
+def remove_stale(index_dir: Path, keep: int) -> None:
+    for p in Path(index_dir).glob("vectors-*.faiss*"):
+        if p.name != f"vectors-{keep}.faiss":
+            p.unlink(missing_ok=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    if os.name == "nt":  # pragma: no cover
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def search(index: Any, queries: np.ndarray, k: int, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(m, dim) float32 queries -> (scores (m, k), ids (m, k)); id -1 where fewer than k exist.
+
+    `ids`, when given, restricts the search to those ids (filters apply before top-k is cut).
+    """
+    faiss = _faiss()
+    k = max(1, min(k, int(index.ntotal))) if index.ntotal else 1
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    if ids is not None:
+        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64)))
+        return index.search(q, k, params=params)
+    return index.search(q, k)

@@ -1,0 +1,1 @@
+"""Alembic migrations of the catalogue schema (installed as dinosearch.migrations)."""
