@@ -1,0 +1,112 @@
+"""The command-line contract: commands, flags, exit codes, text and JSON output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from dinosearch.cli import app
+
+from .conftest import run_cli
+from .images import jpeg_bytes, photo, save
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def photos(tmp_path: Path) -> list[Path]:
+    files = [save(photo(480, 360, seed=s), tmp_path / "photos" / f"p{s}.jpg", quality=92) for s in range(5)]
+    (tmp_path / "photos" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    return files
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    r = runner.invoke(app, list(args))
+    return r.exit_code, r.stdout, r.stderr
+
+
+def test_index_query_stats_failures_json(env: dict, photos: list[Path], tmp_path: Path) -> None:
+    code, out, _ = invoke("index", str(tmp_path / "photos"), "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert set(report) == {"added", "updated", "removed", "unchanged", "failed", "seconds", "images_per_second"}
+    assert (report["added"], report["failed"]) == (5, 1)
+
+    query = tmp_path / "query.jpg"
+    query.write_bytes(jpeg_bytes(Image.open(photos[2]).resize((240, 180)), quality=75))
+    code, out, _ = invoke("query", str(query), "-k", "3", "--json")
+    assert code == 0
+    results = json.loads(out)["results"]
+    assert [r["rank"] for r in results] == [1, 2, 3]
+    assert all(set(r) == {"rank", "id", "score", "path", "metadata"} for r in results)
+    assert results[0]["path"] == str(photos[2])
+    scores = [r["score"] for r in results]
+    assert scores == sorted(scores, reverse=True)
+
+    code, out, _ = invoke("stats", "--json")
+    stats = json.loads(out)
+    assert set(stats) == {"images", "vectors", "failed", "model", "dim", "index_type", "bytes"}
+    assert (stats["images"], stats["vectors"], stats["failed"], stats["dim"]) == (5, 5, 1, 32)
+    assert stats["bytes"] > 0
+
+    code, out, _ = invoke("failures", "--json")
+    [failure] = json.loads(out)
+    assert set(failure) == {"path", "error", "message"}
+    assert failure["path"] == str(tmp_path / "photos" / "broken.jpg")
+
+
+def test_query_text_output_and_self_exclusion(env: dict, photos: list[Path], tmp_path: Path) -> None:
+    assert invoke("index", str(tmp_path / "photos"))[0] == 0
+    code, out, _ = invoke("query", str(photos[0]), "-k", "10")
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert len(lines) == 4  # five indexed, the query itself left out
+    assert str(photos[0]) not in out
+    rank, score, path = lines[0].split(None, 2)
+    assert rank == "1" and len(score.split(".")[1]) == 3 and Path(path).exists()
+
+
+def test_min_score_and_several_query_images(env: dict, photos: list[Path], tmp_path: Path) -> None:
+    invoke("index", str(tmp_path / "photos"))
+    code, out, _ = invoke("query", str(photos[0]), str(photos[1]), "--min-score", "0.0", "--json")
+    results = json.loads(out)["results"]
+    paths = {r["path"] for r in results}
+    assert str(photos[0]) not in paths and str(photos[1]) not in paths
+    code, out, _ = invoke("query", str(photos[0]), "--min-score", "1.01", "--json")
+    assert json.loads(out)["results"] == []
+
+
+def test_run_level_errors_exit_non_zero_with_one_line(env: dict, tmp_path: Path) -> None:
+    code, _, err = invoke("index", str(tmp_path / "nope"))
+    assert code == 1 and "does not exist" in err and len(err.strip().splitlines()) == 1
+    code, _, err = invoke("stats", "--index", str(tmp_path / "no-index"))
+    assert code == 1 and "no index at" in err
+
+
+def test_unloadable_model_says_what_to_do(env: dict, photos: list[Path], tmp_path: Path) -> None:
+    code, _, err = invoke("index", str(tmp_path / "photos"), "--model", str(tmp_path / "missing-model"))
+    assert code == 1
+    assert "cannot load model" in err and "--model" in err and len(err.strip().splitlines()) == 1
+
+
+def test_different_model_is_named(env: dict, photos: list[Path], tmp_path: Path, other_model: str, tiny_model: str) -> None:
+    invoke("index", str(tmp_path / "photos"))
+    save(photo(200, 200, seed=42), tmp_path / "photos" / "new.jpg")
+    code, _, err = invoke("index", str(tmp_path / "photos"), "--model", other_model)
+    assert code == 1 and tiny_model in err and "--index" in err
+
+
+def test_subprocess_end_to_end(env: dict, photos: list[Path], tmp_path: Path) -> None:
+    r = run_cli("index", str(tmp_path / "photos"), "--device", "cpu", "--batch-size", "2", env=env, check=True)
+    assert "5 added" in r.stdout and "1 failed" in r.stdout
+    r = run_cli("query", str(photos[3]), "-k", "2", "--json", env=env, check=True)
+    assert len(json.loads(r.stdout)["results"]) == 2
+    r = run_cli("index", str(tmp_path / "photos"), "--json", env=env, check=True)
+    assert json.loads(r.stdout)["unchanged"] == 5
+    assert run_cli("--help", env=env).returncode == 0
+    bad = run_cli("query", env=env)
+    assert bad.returncode == 2  # usage error

@@ -1,0 +1,205 @@
+"""Incremental indexing: add, modify, rename, copy, delete, missing and empty roots, failures."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dinosearch.api import Index
+from dinosearch.errors import ModelMismatchError, PathNotFoundError
+from dinosearch.store import vectors as vector_store
+
+from .images import jpeg_bytes, photo, save
+
+
+def make_tree(root: Path, n: int = 4, seed: int = 0) -> list[Path]:
+    return [save(photo(320, 240, seed=seed + i), root / f"img{i}.jpg", quality=90) for i in range(n)]
+
+
+@pytest.fixture()
+def ix(index_dir: Path, tiny_model: str):
+    with Index(index_dir, model=tiny_model, device="cpu", workers=1) as index:
+        yield index
+
+
+def consistent(ix: Index) -> None:
+    """SQLite rows == FAISS vectors, and every image finds itself at rank 1 (exact copies tie)."""
+    loaded = vector_store.load(ix.catalogue, ix.fingerprint.dim)
+    assert not loaded.rebuilt, "the FAISS file on disk does not match SQLite"
+    assert loaded.count == ix.catalogue.count_images()
+    for ids, vecs in ix.catalogue.iter_vectors():
+        for i, v in zip(ids, vecs):
+            hits = ix.search_vector(v, k=5)
+            top = [h.id for h in hits if h.score >= hits[0].score - 1e-6]
+            assert i in top
+
+
+def test_first_run_then_unchanged(ix: Index, tmp_path: Path) -> None:
+    make_tree(tmp_path / "photos")
+    r = ix.add(tmp_path / "photos")
+    assert (r.added, r.updated, r.removed, r.unchanged, r.failed) == (4, 0, 0, 0, 0)
+    consistent(ix)
+    r = ix.add(tmp_path / "photos")
+    assert (r.added, r.updated, r.removed, r.unchanged, r.failed, r.embedded) == (0, 0, 0, 4, 0, 0)
+
+
+def test_unchanged_tree_never_loads_the_model(index_dir: Path, tiny_model: str, tmp_path: Path) -> None:
+    make_tree(tmp_path / "photos")
+    with Index(index_dir, model=tiny_model, device="cpu") as ix:
+        ix.add(tmp_path / "photos")
+
+    class Boom:
+        def __getattr__(self, name: str):
+            raise AssertionError("the model was used")
+
+    with Index(index_dir, embedder=Boom()) as ix:  # type: ignore[arg-type]
+        r = ix.add(tmp_path / "photos")
+    assert r.unchanged == 4
+
+
+def test_modified_file_is_reembedded_in_place(ix: Index, tmp_path: Path) -> None:
+    files = make_tree(tmp_path / "photos")
+    ix.add(tmp_path / "photos")
+    before = ix.catalogue.lookup_path(str(files[0]))
+    save(photo(320, 240, seed=99), files[0], quality=90)
+    os.utime(files[0], ns=(before[0].mtime_ns + 10**9, before[0].mtime_ns + 10**9))
+    r = ix.add(tmp_path / "photos")
+    assert (r.added, r.updated, r.unchanged, r.embedded) == (0, 1, 3, 1)
+    after = ix.catalogue.lookup_path(str(files[0]))
+    assert after[0].id == before[0].id  # ids are stable
+    assert after[0].content_hash != before[0].content_hash
+    assert float(after[1] @ before[1]) < 0.9999
+    consistent(ix)
+
+
+def test_rename_and_copy_reuse_the_vector(ix: Index, tmp_path: Path) -> None:
+    files = make_tree(tmp_path / "photos")
+    ix.add(tmp_path / "photos")
+    old = ix.catalogue.lookup_path(str(files[1]))
+    renamed = files[1].with_name("renamed.jpg")
+    files[1].rename(renamed)
+    shutil.copy(files[2], tmp_path / "photos" / "copy.jpg")
+    r = ix.add(tmp_path / "photos")
+    assert (r.added, r.removed, r.unchanged, r.embedded) == (2, 1, 3, 0)
+    new = ix.catalogue.lookup_path(str(renamed))
+    assert np.array_equal(new[1], old[1])
+    assert ix.catalogue.lookup_path(str(files[1])) is None
+    consistent(ix)
+
+
+def test_deleted_files_are_removed(ix: Index, tmp_path: Path) -> None:
+    files = make_tree(tmp_path / "photos")
+    ix.add(tmp_path / "photos")
+    files[3].unlink()
+    r = ix.add(tmp_path / "photos")
+    assert (r.removed, r.unchanged) == (1, 3)
+    assert ix.catalogue.count_images() == 3
+    consistent(ix)
+
+
+def test_missing_root_changes_nothing(ix: Index, tmp_path: Path) -> None:
+    make_tree(tmp_path / "photos")
+    ix.add(tmp_path / "photos")
+    shutil.rmtree(tmp_path / "photos")
+    with pytest.raises(PathNotFoundError, match="does not exist"):
+        ix.add(tmp_path / "photos")
+    assert ix.catalogue.count_images() == 4
+
+
+def test_empty_root_changes_nothing_and_says_so(ix: Index, tmp_path: Path) -> None:
+    files = make_tree(tmp_path / "photos")
+    ix.add(tmp_path / "photos")
+    for f in files:
+        f.unlink()  # e.g. an unmounted drive's empty mount point
+    r = ix.add(tmp_path / "photos")
+    assert r.removed == 0 and ix.catalogue.count_images() == 4
+    assert any("kept" in w for w in r.warnings)
+
+
+def test_several_roots_and_sweeping_only_given_roots(ix: Index, tmp_path: Path) -> None:
+    make_tree(tmp_path / "a", n=2, seed=0)
+    b = make_tree(tmp_path / "b", n=2, seed=10)
+    ix.add(tmp_path / "a", tmp_path / "b")
+    assert ix.catalogue.count_images() == 4
+    b[0].unlink()
+    r = ix.add(tmp_path / "a")  # b is not walked: nothing under it is swept
+    assert r.removed == 0 and ix.catalogue.count_images() == 4
+    r = ix.add(tmp_path / "b")
+    assert r.removed == 1
+
+
+def test_failures_recorded_and_cleared_when_fixed(ix: Index, tmp_path: Path) -> None:
+    make_tree(tmp_path / "photos", n=2)
+    bad = tmp_path / "photos" / "bad.jpg"
+    bad.write_text("this is not an image")
+    (tmp_path / "photos" / "notes.txt").write_text("ignored quietly")
+    r = ix.add(tmp_path / "photos")
+    assert (r.added, r.failed) == (2, 1)
+    [f] = ix.failures()
+    assert (f.path, f.error) == (str(bad), "not-an-image")
+    assert "supported" in f.message
+    r = ix.add(tmp_path / "photos")  # unchanged failure: not retried, still reported
+    assert (r.failed, r.unchanged) == (1, 2)
+    bad.write_bytes(jpeg_bytes(photo(200, 200, seed=50)))
+    r = ix.add(tmp_path / "photos")
+    assert (r.added, r.failed) == (1, 0)
+    assert ix.failures() == []
+
+
+def test_hidden_folders_and_symlinks(ix: Index, tmp_path: Path) -> None:
+    make_tree(tmp_path / "photos", n=1)
+    make_tree(tmp_path / "photos" / ".thumbnails", n=1, seed=5)
+    make_tree(tmp_path / "elsewhere", n=1, seed=7)
+    (tmp_path / "photos" / "link").symlink_to(tmp_path / "elsewhere")
+    r = ix.add(tmp_path / "photos")
+    assert r.added == 1
+    r = ix.add(tmp_path / "photos", follow_symlinks=True)
+    assert r.added == 1 and ix.catalogue.count_images() == 2
+
+
+def test_another_model_is_refused(index_dir: Path, tiny_model: str, other_model: str, tmp_path: Path) -> None:
+    make_tree(tmp_path / "photos", n=2)
+    with Index(index_dir, model=tiny_model, device="cpu") as ix:
+        ix.add(tmp_path / "photos")
+    save(photo(300, 200, seed=77), tmp_path / "photos" / "new.jpg")
+    with Index(index_dir, model=other_model, device="cpu") as ix:
+        with pytest.raises(ModelMismatchError) as err:
+            ix.add(tmp_path / "photos")
+        assert tiny_model in str(err.value) and "--index" in str(err.value)
+        assert ix.catalogue.count_images() == 2
+        with pytest.raises(ModelMismatchError):
+            ix.search(tmp_path / "photos" / "new.jpg")
+
+
+def test_index_made_from_local_dir_reopens_with_its_model(index_dir: Path, tiny_model: str, tmp_path: Path) -> None:
+    files = make_tree(tmp_path / "photos", n=2)
+    with Index(index_dir, model=tiny_model, device="cpu") as ix:
+        ix.add(tmp_path / "photos")
+    query = tmp_path / "q.jpg"
+    query.write_bytes(jpeg_bytes(Image.open(files[0]).resize((160, 120)), quality=80))
+    with Index(index_dir, device="cpu") as ix:  # no model named: the index's own
+        assert ix.search(query, k=1)[0].path == str(files[0])
+
+
+def test_interrupted_run_keeps_finished_work(index_dir: Path, tiny_model: str, tmp_path: Path) -> None:
+    make_tree(tmp_path / "photos", n=6)
+    ix = Index(index_dir, model=tiny_model, device="cpu", workers=1, batch_size=2)
+    seen = []
+
+    def progress(done: int, total: int) -> None:
+        seen.append(done)
+        if done == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ix.add(tmp_path / "photos", progress=progress)
+    kept = ix.catalogue.count_images()
+    assert kept >= 2  # embedded batches are kept; decoded images still waiting for the model are not
+    r = ix.add(tmp_path / "photos")
+    assert r.added == 6 - kept and r.unchanged == kept
+    consistent(ix)
