@@ -16,9 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from dataclasses import replace
+
 from . import index as indexer
 from .decode import MAX_PIXELS, DecodeError, decode, prepare_pil
 from .embed import Dinov2Embedder, Embedder, l2_normalise
+from .metadata import MetadataRows, read_metadata, resolve
 from .errors import DinosearchError, ImageError, IndexLockedError, IndexNotFoundError, ModelMismatchError, UnknownImageError
 from .records import Failure, Hit, IndexReport, ModelFingerprint, Stats
 from .search import mean_query, search
@@ -101,12 +104,17 @@ class Index:
         self,
         *paths: str | os.PathLike[str],
         follow_symlinks: bool = False,
-        metadata: Mapping[str, dict[str, Any]] | None = None,
+        metadata: str | os.PathLike[str] | None = None,
         progress: Callable[[int, int], None] | None = None,
         decode_timeout: float = 60.0,
         max_pixels: int = MAX_PIXELS,
     ) -> IndexReport:
-        """Index (or re-index) folders and files; only what changed since the last run is done."""
+        """Index (or re-index) folders and files; only what changed since the last run is done.
+
+        `metadata`: a CSV or JSON-lines file whose `path` column (relative to a PATH) names an image;
+        its other columns are attached to that image. Rows naming unknown files are reported.
+        """
+        rows = read_metadata(metadata) if metadata is not None else None
         with WriterLock(self.dir):
             fp = self.fingerprint
             if self._model and fp and self._model != fp.model:
@@ -120,11 +128,22 @@ class Index:
                 decode_timeout=decode_timeout,
                 max_pixels=max_pixels,
                 follow_symlinks=follow_symlinks,
-                metadata=metadata,
                 progress=progress,
             )
+            if rows is not None:
+                report = self._attach_metadata(rows, [os.path.abspath(os.fspath(p)) for p in paths], report)
             self._sync_vectors(force=changed)
         return report
+
+    def _attach_metadata(self, rows: MetadataRows, roots: list[str], report: IndexReport) -> IndexReport:
+        indexed = set(self.catalogue.known_under(roots))
+        matched, unknown = resolve(rows, roots, indexed)
+        self.catalogue.set_metadata(matched)
+        warnings = list(report.warnings)
+        if unknown:
+            shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+            warnings.append(f"{rows.source}: {len(unknown)} row(s) name files that are not indexed: {shown}")
+        return replace(report, warnings=tuple(warnings), metadata_matched=len(matched), metadata_unknown=tuple(unknown))
 
     def _sync_vectors(self, *, force: bool) -> None:
         """Make the FAISS file match SQLite (writer lock held)."""

@@ -69,6 +69,9 @@ def index(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per model batch [default: 16 on CPU, 64 on GPU]"),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decode processes [default: CPU count]"),
     follow_symlinks: bool = typer.Option(False, "--follow-symlinks", help="Follow symbolic links while walking"),
+    metadata: Optional[Path] = typer.Option(
+        None, "--metadata", help="CSV or JSON-lines file: a `path` column relative to PATH, other columns attached"
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Index images under PATHs; re-running only does the work that changed."""
@@ -77,7 +80,7 @@ def index(
         ix = _open(index, create=True, model=model or settings.model_from_env(), device=device.value,
                    batch_size=batch_size, workers=workers)
         with ix, _progress(enabled=not as_json and sys.stderr.isatty()) as progress:
-            report = ix.add(*paths, follow_symlinks=follow_symlinks, progress=progress)
+            report = ix.add(*paths, follow_symlinks=follow_symlinks, metadata=metadata, progress=progress)
         for w in report.warnings:
             _err(f"warning: {w}")
         if as_json:
@@ -89,6 +92,8 @@ def index(
                 f"({report.images_per_second:.1f} images/s)"
                 + ("; see `dinosearch failures`" if report.failed else "")
             )
+            if report.metadata_matched is not None:
+                typer.echo(f"metadata attached to {report.metadata_matched} images")
 
     _run(go)
 

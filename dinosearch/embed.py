@@ -135,8 +135,7 @@ class Dinov2Embedder:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         try:
-            net = AutoModel.from_pretrained(model)
-            processor = AutoImageProcessor.from_pretrained(model)
+            net, processor = _from_pretrained(model, AutoModel, AutoImageProcessor)
         except Exception as exc:  # noqa: BLE001 - hub, file and format errors all mean "cannot load"
             raise ModelLoadError(_load_message(model, exc)) from None
         model_type = getattr(net.config, "model_type", "?")
@@ -185,12 +184,69 @@ class Dinov2Embedder:
         return out.cpu().numpy().astype(np.float32, copy=False)
 
 
+def _from_pretrained(model: str, auto_model: Any, auto_processor: Any) -> tuple[Any, Any]:
+    """A local folder or the hub cache first, with no network at all; the hub only when needed."""
+    import os
+
+    try:
+        return (
+            auto_model.from_pretrained(model, local_files_only=True),
+            auto_processor.from_pretrained(model, local_files_only=True),
+        )
+    except Exception:  # noqa: BLE001 - not cached (or not a folder): try the hub below
+        if os.path.isdir(model) or os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise
+    host = _hub_host()
+    if not _resolves(host):
+        raise ModelLoadError(
+            f"cannot load model '{model}' (it is not in the local cache and {host} cannot be reached). "
+            + _how_to_get(model)
+        )
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_logging.set_verbosity_error()  # no retry chatter: one clear message if it fails
+    return auto_model.from_pretrained(model), auto_processor.from_pretrained(model)
+
+
+def _hub_host() -> str:
+    import os
+    from urllib.parse import urlparse
+
+    return urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+
+
+def _resolves(host: str, timeout: float = 3.0) -> bool:
+    """Whether DNS knows the hub, within a few seconds (an offline machine answers fast or never)."""
+    import socket
+    import threading
+
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.getaddrinfo(host, 443)
+            ok.append(True)
+        except OSError:
+            ok.append(False)
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout)
+    return bool(ok and ok[0])
+
+
+def _how_to_get(model: str) -> str:
+    name = model.rstrip("/").split("/")[-1] or "model"
+    return (
+        f"Download it on a machine with network access, e.g. `hf download {model} --local-dir ./{name}`, "
+        f"then pass --model ./{name} (or set DINOSEARCH_MODEL)"
+    )
+
+
 def _load_message(model: str, exc: Exception) -> str:
+    if isinstance(exc, ModelLoadError):
+        return str(exc)
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if len(reason) > 200:
         reason = reason[:197] + "..."
-    name = model.rstrip("/").split("/")[-1] or "model"
-    return (
-        f"cannot load model '{model}' ({reason}). Download it on a machine with network access, e.g. "
-        f"`hf download {model} --local-dir ./{name}`, then pass --model ./{name} (or set DINOSEARCH_MODEL)"
-    )
+    return f"cannot load model '{model}' ({reason}). " + _how_to_get(model)

@@ -13,7 +13,7 @@ import queue
 import stat
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -199,7 +199,6 @@ def run(
     decode_timeout: float = 60.0,
     max_pixels: int = MAX_PIXELS,
     follow_symlinks: bool = False,
-    metadata: Mapping[str, dict[str, Any]] | None = None,
     progress: Progress | None = None,
     commit_every: int = 256,
     commit_seconds: float = 5.0,
@@ -229,8 +228,7 @@ def run(
     def row(f: ImageFile, h: str, vector: bytes, **extra: Any) -> ImageRow:
         k = p.known.get(f.path)
         counts["updated" if k is not None else "added"] += 1
-        meta = metadata.get(f.path) if metadata is not None else None
-        return ImageRow(f.path, f.root, f.size, f.mtime_ns, h, vector, id=k.id if k else None, meta=meta, **extra)
+        return ImageRow(f.path, f.root, f.size, f.mtime_ns, h, vector, id=k.id if k else None, **extra)
 
     def fail(f: ImageFile, error: str, message: str) -> None:
         counts["failed"] += 1

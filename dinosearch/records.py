@@ -116,6 +116,8 @@ class IndexReport:
     seconds: float = 0.0
     embedded: int = 0  # images that went through the model (the rest reused a stored vector)
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    metadata_matched: int | None = None  # with a metadata file: rows attached to images
+    metadata_unknown: tuple[str, ...] = ()  # ... and rows naming files that are not indexed
 
     @property
     def images_per_second(self) -> float:
@@ -123,7 +125,7 @@ class IndexReport:
         return done / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "added": self.added,
             "updated": self.updated,
             "removed": self.removed,
@@ -132,6 +134,9 @@ class IndexReport:
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
         }
+        if self.metadata_matched is not None:
+            d["metadata"] = {"matched": self.metadata_matched, "unknown": [display_path(p) for p in self.metadata_unknown]}
+        return d
 
 
 @dataclass(frozen=True)

@@ -288,7 +288,10 @@ class Catalogue:
         return removed
 
     def set_metadata(self, meta_by_path: dict[str, dict[str, Any]]) -> int:
-        """Attach catalogue metadata to indexed paths; returns how many rows were updated."""
+        """Attach catalogue metadata to indexed paths; returns how many rows were updated.
+
+        No version bump: metadata is read from SQLite at query time and never goes into FAISS.
+        """
         n = 0
         with self.engine.begin() as conn:
             for path, meta in meta_by_path.items():
@@ -297,7 +300,6 @@ class Catalogue:
                     .where(images.c.path == path_key(path))
                     .values(meta_json=json.dumps(meta, ensure_ascii=False))
                 ).rowcount
-            _bump(conn)
         return n
 
     def ids_matching(self, where: dict[str, str]) -> np.ndarray:

@@ -1,0 +1,32 @@
+# make demo  - set up and run dinosearch on the sample catalogue in data/
+# make test  - set up and run the test suite (no network needed)
+# make bench - indexing / start-up benchmarks (a benchmark, not a test)
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU build of torch; set TORCH=torch (or a CUDA build) on machines that want another.
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test bench serve clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m dinosearch.demo
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench.bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache build *.egg-info
