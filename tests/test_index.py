@@ -203,3 +203,51 @@ def test_interrupted_run_keeps_finished_work(index_dir: Path, tiny_model: str, t
     r = ix.add(tmp_path / "photos")
     assert r.added == 6 - kept and r.unchanged == kept
     consistent(ix)
+
+
+def test_mixed_folder_of_generated_images(ix: Index, tmp_path: Path) -> None:
+    import io
+
+    import numpy as np
+
+    from .images import with_exif_orientation
+
+    root = tmp_path / "mixed"
+    save(photo(1600, 1200, seed=1), root / "big.jpg", quality=90)
+    save(photo(90, 60, seed=2), root / "tiny.jpg")
+    rgba = photo(300, 300, seed=3).convert("RGBA")
+    rgba.putalpha(128)
+    save(rgba, root / "alpha.png")
+    (root / "rotated.jpg").write_bytes(with_exif_orientation(photo(400, 300, seed=4), 6))
+    save(photo(300, 200, seed=5).convert("CMYK"), root / "cmyk.jpg")
+    save(Image.fromarray((np.arange(256 * 256, dtype=np.uint32).reshape(256, 256) % 65536).astype(np.uint16)), root / "deep.png")
+    save(photo(200, 200, seed=6).convert("P"), root / "anim.gif")
+    save(photo(200, 200, seed=7), root / "page.tiff")
+    buf = io.BytesIO()
+    photo(300, 200, seed=8).save(buf, "JPEG")
+    (root / "corrupt.jpg").write_bytes(buf.getvalue()[:400])
+    (root / "text.jpg").write_text("not an image at all")
+    r = ix.add(root)
+    assert (r.added, r.failed) == (8, 2)
+    assert {f.path.rsplit("/", 1)[1]: f.error for f in ix.failures()} == {"corrupt.jpg": "corrupt", "text.jpg": "not-an-image"}
+    rows = ix.catalogue.rows_by_id(ix.catalogue.all_ids())
+    sizes = {Path(r["path"]).name: (r["width"], r["height"], r["format"]) for r in rows.values()}
+    assert sizes["rotated.jpg"] == (400, 300, "JPEG") and sizes["big.jpg"] == (1600, 1200, "JPEG")
+    consistent(ix)
+
+
+def test_query_by_indexed_file_never_loads_the_model(index_dir: Path, tiny_model: str, tmp_path: Path) -> None:
+    files = make_tree(tmp_path / "photos")
+    with Index(index_dir, model=tiny_model, device="cpu") as ix:
+        ix.add(tmp_path / "photos")
+
+    class Boom:
+        def __getattr__(self, name: str):
+            raise AssertionError("the model was used")
+
+    with Index(index_dir, embedder=Boom()) as ix:  # type: ignore[arg-type]
+        hits = ix.search(files[0], k=10)
+        assert len(hits) == 3 and files[0] not in [Path(h.path) for h in hits]
+        copy = tmp_path / "elsewhere.jpg"
+        shutil.copy(files[1], copy)  # same content, not indexed under this path: stored vector, kept in results
+        assert ix.search(copy, k=1)[0].path == str(files[1])
