@@ -18,8 +18,6 @@ import numpy as np
 
 from dataclasses import replace
 
-from . import index as indexer
-from .decode import MAX_PIXELS, DecodeError, decode, prepare_pil
 from .embed import Dinov2Embedder, Embedder, l2_normalise
 from .metadata import MetadataRows, read_metadata, resolve
 from .errors import DinosearchError, ImageError, IndexLockedError, IndexNotFoundError, ModelMismatchError, UnknownImageError
@@ -28,6 +26,10 @@ from .search import mean_query, search
 from .store import vectors as vector_store
 from .store.catalogue import DB_NAME, Catalogue
 from .store.lock import WriterLock
+
+# decode (Pillow) and index (the pipeline) are imported where used: `stats` and queries by indexed
+# files start faster without them.
+MAX_PIXELS = 2 * 89_478_485  # = decode.MAX_PIXELS, checked by a test
 
 DEFAULT_MODEL = "facebook/dinov2-small"
 MODEL_KEY = "model"  # settings key holding the ModelFingerprint
@@ -114,6 +116,8 @@ class Index:
         `metadata`: a CSV or JSON-lines file whose `path` column (relative to a PATH) names an image;
         its other columns are attached to that image. Rows naming unknown files are reported.
         """
+        from . import index as indexer
+
         rows = read_metadata(metadata) if metadata is not None else None
         with WriterLock(self.dir):
             fp = self.fingerprint
@@ -200,6 +204,9 @@ class Index:
         """
         from PIL import Image
 
+        from . import index as indexer
+        from .decode import prepare_pil
+
         if isinstance(image, Image.Image):
             return self._embed_pixels(prepare_pil(image, self.embedder().preprocess)), None
         if isinstance(image, (bytes, bytearray, memoryview)):
@@ -224,6 +231,8 @@ class Index:
         return self.vector_of_bytes(read.data, name=path), same_file
 
     def vector_of_bytes(self, data: bytes, *, name: str = "the image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+        from .decode import DecodeError, decode
+
         embedder = self.embedder()
         try:
             d = decode(data, embedder.preprocess, max_pixels=max_pixels)
@@ -280,10 +289,13 @@ class Index:
 
     def stats(self) -> Stats:
         fp = self.fingerprint
-        loaded = self._load_vectors()
+        vectors = 0
+        if fp is not None:
+            current = None if self._vectors is not None else vector_store.count_if_current(self.catalogue, fp.dim)
+            vectors = current if current is not None else self._load_vectors().count  # type: ignore[union-attr]
         return Stats(
             images=self.catalogue.count_images(),
-            vectors=loaded.count if loaded else 0,
+            vectors=vectors,
             failed=self.catalogue.count_failures(),
             model=fp.model if fp else None,
             dim=fp.dim if fp else None,
@@ -307,6 +319,8 @@ class Index:
 def embed_images(embedder: Embedder, images: list[ImageLike]) -> np.ndarray:
     """Embed images with any embedder, outside an index. (n, dim) float32."""
     from PIL import Image
+
+    from .decode import decode, prepare_pil
 
     rows = []
     for image in images:

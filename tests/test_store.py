@@ -91,3 +91,16 @@ def test_sqlite_file_is_a_real_database_readable_by_sqlalchemy(tmp_path: Path) -
     engine = create_engine(f"sqlite:///{cat.db_path}")
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM images").scalar() == 2
+
+
+def test_header_peek_agrees_with_faiss(tmp_path: Path) -> None:
+    from dinosearch import api, decode
+
+    assert api.MAX_PIXELS == decode.MAX_PIXELS
+    cat = Catalogue(tmp_path / "ix")
+    _fill(cat, 7)
+    gen = vector_store.save(vector_store.build(cat, 8), cat, 8, cat.version())
+    assert vector_store.peek(vector_store.file_for(cat.dir, gen)) == (8, 7)
+    assert vector_store.count_if_current(cat, 8) == 7
+    cat.remove(["/p/1.jpg"])
+    assert vector_store.count_if_current(cat, 8) is None  # stale: stats loads (and rebuilds) instead

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,35 @@ class LoadedVectors:
     @property
     def count(self) -> int:
         return int(self.index.ntotal)
+
+
+def peek(path: Path) -> tuple[int, int] | None:
+    """(dim, count) from an IndexIDMap2 file's header, without importing FAISS; None if not one.
+
+    The header is the fourcc "IxM2", then d (int32) and ntotal (int64), little-endian.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if len(head) < 16 or head[:4] != b"IxM2":
+        return None
+    return struct.unpack("<iq", head[4:16])
+
+
+def count_if_current(catalogue: Catalogue, dim: int) -> int | None:
+    """The vector count of the current file when every cheap check says it matches SQLite, else None.
+
+    Lets `stats` answer without loading FAISS; anything doubtful goes through `load` instead.
+    """
+    state = catalogue.get_setting(GENERATION_KEY) or {}
+    if state.get("version") != catalogue.version() or state.get("dim") != dim:
+        return None
+    header = peek(file_for(catalogue.dir, int(state.get("generation", 0))))
+    if header is None or header != (dim, state.get("count")) or header[1] != catalogue.count_images():
+        return None
+    return header[1]
 
 
 def empty_index(dim: int) -> Any:
