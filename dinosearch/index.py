@@ -14,6 +14,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -152,33 +153,52 @@ def _under(path: str, root: str) -> bool:
 
 
 class _Reader(threading.Thread):
-    """Reads and hashes files ahead of the model; a known hash short-cuts decoding."""
+    """Reads and hashes files ahead of the model, several at a time (hashing releases the GIL); a
+    content hash already in the catalogue short-cuts decoding."""
 
-    def __init__(self, catalogue: Catalogue, todo: list[ImageFile], out: queue.Queue, need_decoder: threading.Event):
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        todo: list[ImageFile],
+        out: queue.Queue,
+        need_decoder: threading.Event,
+        threads: int = 2,
+    ):
         super().__init__(name="dinosearch-read", daemon=True)
         self.catalogue, self.todo, self.out = catalogue, todo, out
         self.need_decoder = need_decoder
+        self.threads = max(1, threads)
         self.decode_queue: queue.Queue = queue.Queue(maxsize=4)  # bounded: at most a few files in memory
         self.stop = threading.Event()
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            for f in self.todo:
-                if self.stop.is_set():
-                    return
-                r = read_file(f)
-                if isinstance(r, _Read):
-                    vector = self.catalogue.vector_for_hash(r.content_hash)
-                    if vector is not None:
-                        self._put(self.out, _Reuse(r.file, r.content_hash, vector))
-                    else:
-                        self.need_decoder.set()
-                        self._put(self.decode_queue, r)
-                else:
-                    self._put(self.out, r)
+            with ThreadPoolExecutor(self.threads, thread_name_prefix="dinosearch-read") as pool:
+                pending: set[Future] = set()
+                for f in self.todo:
+                    if self.stop.is_set():
+                        return
+                    pending.add(pool.submit(read_file, f))
+                    if len(pending) >= 2 * self.threads:  # bounded read-ahead
+                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for fut in done:
+                            self._route(fut.result())
+                for fut in pending:
+                    self._route(fut.result())
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which re-raises
             self.error = exc
+
+    def _route(self, r: _Read | _Failed | _Vanished) -> None:
+        if isinstance(r, _Read):
+            vector = self.catalogue.vector_for_hash(r.content_hash)
+            if vector is not None:
+                self._put(self.out, _Reuse(r.file, r.content_hash, vector))
+            else:
+                self.need_decoder.set()
+                self._put(self.decode_queue, r)
+        else:
+            self._put(self.out, r)
 
     def _put(self, q: queue.Queue, item: Any) -> None:
         while not self.stop.is_set():
@@ -236,7 +256,8 @@ def run(
 
     out: queue.Queue = queue.Queue()
     need_decoder = threading.Event()
-    reader = _Reader(catalogue, p.todo, out, need_decoder)
+    cpus = os.cpu_count() or 1
+    reader = _Reader(catalogue, p.todo, out, need_decoder, threads=min(8, cpus))
     pool: DecodePool | None = None
     feeder: threading.Thread | None = None
     embedder: Embedder | None = None
@@ -265,7 +286,7 @@ def run(
                 bs = batch_size or embedder.batch_size
                 pool = DecodePool(
                     embedder.preprocess,
-                    workers=workers or max(1, os.cpu_count() or 1),
+                    workers=workers or cpus,
                     timeout=decode_timeout,
                     max_pixels=max_pixels,
                     max_ready=2 * bs,
