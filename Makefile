@@ -30,3 +30,6 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache build *.egg-info
+
+serve: $(STAMP)
+	$(BIN)/dinosearch serve $(SERVE_ARGS)

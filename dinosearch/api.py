@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,10 @@ class Index:
         self._batch_size, self._workers = batch_size, workers
         self._embedder = embedder
         self._checked = False
+        self._lock = threading.RLock()  # the in-memory vectors are shared by a server's threads
         self._vectors: vector_store.LoadedVectors | None = None
         self._vectors_version = -1
+        self._max_id = 0  # the highest id in the in-memory vectors
 
     # model --------------------------------------------------------------------------------------
     @property
@@ -79,27 +82,34 @@ class Index:
         fp = self.fingerprint
         return self._model or (fp.model if fp else DEFAULT_MODEL)
 
-    def embedder(self) -> Embedder:
-        """The model, loaded on first use and checked against the one that made this index."""
-        if self._embedder is None:
-            self._embedder = Dinov2Embedder(
-                self.model_name, device=self._device, precision=self._precision, batch_size=self._batch_size
-            )
-        if not self._checked:
-            self._check_model(self._embedder.fingerprint)
-            self._checked = True
-        return self._embedder
+    def embedder(self, *, record: bool = False) -> Embedder:
+        """The model, loaded on first use and checked against the one that made this index.
 
-    def _check_model(self, fp: ModelFingerprint) -> None:
+        `record`: a new index records this model as its own (only indexing does; readers never write).
+        """
+        with self._lock:
+            if self._embedder is None:
+                self._embedder = Dinov2Embedder(
+                    self.model_name, device=self._device, precision=self._precision, batch_size=self._batch_size
+                )
+            if not self._checked:
+                self._checked = self._check_model(self._embedder.fingerprint, record=record)
+            return self._embedder
+
+    def _check_model(self, fp: ModelFingerprint, *, record: bool) -> bool:
+        """Raise if the index was made by another model; returns whether the check is settled."""
         recorded = self.fingerprint
         if recorded is None:
-            self.catalogue.set_settings({MODEL_KEY: fp.to_dict()})
-        elif recorded.key() != fp.key():
+            if record:
+                self.catalogue.set_settings({MODEL_KEY: fp.to_dict()})
+            return record
+        if recorded.key() != fp.key():
             raise ModelMismatchError(
                 f"this index was made with model '{recorded.model}' (dim {recorded.dim}, weights {recorded.weights[:12]}), "
                 f"not '{fp.model}' (dim {fp.dim}, weights {fp.weights[:12]}); use --model {recorded.model}, "
                 f"or start a new index with --index NEW_DIR"
             )
+        return True
 
     # writing ------------------------------------------------------------------------------------
     def add(
@@ -122,11 +132,11 @@ class Index:
         with WriterLock(self.dir):
             fp = self.fingerprint
             if self._model and fp and self._model != fp.model:
-                self.embedder()  # another model named: check it now, before anything is written
+                self.embedder(record=True)  # another model named: check it now, before anything is written
             report, changed = indexer.run(
                 self.catalogue,
                 [os.fspath(p) for p in paths],
-                load_embedder=self.embedder,
+                load_embedder=lambda: self.embedder(record=True),
                 batch_size=self._batch_size,
                 workers=self._workers,
                 decode_timeout=decode_timeout,
@@ -160,31 +170,48 @@ class Index:
             return
         index = vector_store.build(self.catalogue, fp.dim)
         generation = vector_store.save(index, self.catalogue, fp.dim, version)
-        self._vectors = vector_store.LoadedVectors(index, generation, rebuilt=False)
-        self._vectors_version = version
+        with self._lock:
+            self._set_vectors(vector_store.LoadedVectors(index, generation, rebuilt=False), version)
 
     def repair(self) -> bool:
         """Rebuild the FAISS file from SQLite if it does not match; returns True if it was rebuilt."""
         with WriterLock(self.dir):
-            loaded = self._load_vectors()
+            loaded = vector_store.load(self.catalogue, self.fingerprint.dim) if self.fingerprint else None
             if loaded is not None and loaded.rebuilt:
                 self._sync_vectors(force=True)
                 return True
         return False
 
     # reading ------------------------------------------------------------------------------------
-    def _load_vectors(self) -> vector_store.LoadedVectors | None:
-        """The current vectors, reloaded when another process wrote a new version."""
-        fp = self.fingerprint
-        if fp is None:
-            return None
-        version = self.catalogue.version()
-        if self._vectors is None or version != self._vectors_version:
-            self._vectors = vector_store.load(self.catalogue, fp.dim)
-            self._vectors_version = version
-            if self._vectors.rebuilt and self._vectors.count:
-                self._persist_rebuild()
-        return self._vectors
+    def refresh(self) -> vector_store.LoadedVectors | None:
+        """Bring the in-memory vectors up to date and return them (None: nothing indexed yet).
+
+        A new FAISS generation is loaded (or rebuilt from SQLite if it does not match). Between
+        generations, rows that a running `index` has committed are added from SQLite, so new images
+        are searchable within seconds without rebuilding anything; rows it deleted are dropped from
+        results by `search`. Thread-safe.
+        """
+        with self._lock:
+            fp = self.fingerprint
+            if fp is None:
+                return None
+            state = self.catalogue.get_setting(vector_store.GENERATION_KEY) or {}
+            generation = int(state.get("generation", 0))
+            version = self.catalogue.version()
+            if self._vectors is None or generation != self._vectors.generation:
+                self._set_vectors(vector_store.load(self.catalogue, fp.dim), version)
+                if self._vectors is not None and self._vectors.rebuilt and self._vectors.count:
+                    self._persist_rebuild()
+            elif version != self._vectors_version:
+                for ids, vecs in self.catalogue.iter_vectors(after=self._max_id):
+                    self._vectors.index.add_with_ids(np.ascontiguousarray(vecs), ids)
+                    self._max_id = int(ids[-1])
+                self._vectors_version = version
+            return self._vectors
+
+    def _set_vectors(self, loaded: vector_store.LoadedVectors, version: int) -> None:
+        self._vectors, self._vectors_version = loaded, version
+        self._max_id = vector_store.max_id(loaded.index)
 
     def _persist_rebuild(self) -> None:
         # A reader that had to rebuild saves its work when no writer is busy; otherwise the writer will.
@@ -192,9 +219,15 @@ class Index:
             with WriterLock(self.dir):
                 assert self._vectors is not None and self.fingerprint is not None
                 if self.catalogue.version() == self._vectors_version:
-                    vector_store.save(self._vectors.index, self.catalogue, self.fingerprint.dim, self._vectors_version)
+                    self._vectors.generation = vector_store.save(
+                        self._vectors.index, self.catalogue, self.fingerprint.dim, self._vectors_version
+                    )
         except (IndexLockedError, DinosearchError, OSError):
             pass
+
+    def file_of(self, image_id: int) -> dict[str, Any] | None:
+        """path, size, mtime_ns, content_hash and format of an indexed image, or None."""
+        return self.catalogue.file_of(int(image_id))
 
     def vector_of(self, image: ImageLike) -> tuple[np.ndarray, int | None]:
         """One query image -> ((dim,) unit vector, the id of the same indexed file or None).
@@ -272,7 +305,7 @@ class Index:
         exclude_ids: set[int] | frozenset[int] = frozenset(),
     ) -> list[Hit]:
         """Nearest images to a (dim,) vector (normalised here)."""
-        loaded = self._load_vectors()
+        loaded = self.refresh()
         if loaded is None:
             return []
         q = l2_normalise(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
@@ -292,7 +325,7 @@ class Index:
         vectors = 0
         if fp is not None:
             current = None if self._vectors is not None else vector_store.count_if_current(self.catalogue, fp.dim)
-            vectors = current if current is not None else self._load_vectors().count  # type: ignore[union-attr]
+            vectors = current if current is not None else self.refresh().count  # type: ignore[union-attr]
         return Stats(
             images=self.catalogue.count_images(),
             vectors=vectors,

@@ -40,16 +40,22 @@ def search(
         allowed = catalogue.ids_matching(dict(where))
         if len(allowed) == 0:
             return []
-    scores, ids = vector_store.search(index, query.reshape(1, -1), k + len(exclude_ids), ids=allowed)
-    pairs = [
-        (int(i), float(s))
-        for s, i in zip(scores[0], ids[0])
-        if i >= 0 and int(i) not in exclude_ids and (min_score is None or s >= min_score)
-    ][:k]
-    rows = catalogue.rows_by_id(i for i, _ in pairs)
-    hits: list[Hit] = []
-    for i, s in pairs:
-        r = rows.get(i)
-        if r is not None:
-            hits.append(Hit(len(hits) + 1, i, min(1.0, s), r["path"], r["metadata"]))
-    return hits
+    want = k + len(exclude_ids)
+    while True:
+        scores, ids = vector_store.search(index, query.reshape(1, -1), want, ids=allowed)
+        pairs = [
+            (int(i), float(s))
+            for s, i in zip(scores[0], ids[0])
+            if i >= 0 and int(i) not in exclude_ids and (min_score is None or s >= min_score)
+        ]
+        rows = catalogue.rows_by_id(i for i, _ in pairs)
+        hits: list[Hit] = []
+        for i, s in pairs:
+            r = rows.get(i)
+            if r is not None and len(hits) < k:
+                hits.append(Hit(len(hits) + 1, i, min(1.0, s), r["path"], r["metadata"]))
+        below_floor = min_score is not None and len(scores[0]) > 0 and scores[0][-1] < min_score
+        exhausted = want >= (index.ntotal if allowed is None else len(allowed)) or below_floor
+        if len(hits) >= k or exhausted:
+            return hits
+        want *= 2  # rows deleted since the vectors were loaded took places: look further

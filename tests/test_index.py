@@ -251,3 +251,26 @@ def test_query_by_indexed_file_never_loads_the_model(index_dir: Path, tiny_model
         copy = tmp_path / "elsewhere.jpg"
         shutil.copy(files[1], copy)  # same content, not indexed under this path: stored vector, kept in results
         assert ix.search(copy, k=1)[0].path == str(files[1])
+
+
+def test_reader_sees_new_rows_before_the_next_generation(index_dir: Path, tiny_model: str, tmp_path: Path) -> None:
+    """A server's Index picks up rows a running `index` committed, without a rebuild or a restart."""
+    from dinosearch.store.catalogue import ImageRow
+
+    files = make_tree(tmp_path / "photos", n=3)
+    with Index(index_dir, model=tiny_model, device="cpu") as writer:
+        writer.add(tmp_path / "photos")
+    reader = Index(index_dir, model=tiny_model, device="cpu")
+    assert reader.refresh().count == 3
+    generation = reader.refresh().generation
+    found = reader.catalogue.lookup_path(str(files[0]))
+    # A chunk committed mid-run: a copy of files[0]'s vector under a new path, no FAISS file yet.
+    reader.catalogue.write([ImageRow(str(tmp_path / "photos" / "new.jpg"), str(tmp_path / "photos"), 1, 1, "x", found[1].tobytes())], [])
+    loaded = reader.refresh()
+    assert loaded.generation == generation and loaded.count == 4 and not loaded.rebuilt
+    hits = reader.search(files[0], k=1)
+    assert hits[0].path == str(tmp_path / "photos" / "new.jpg") and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    reader.catalogue.remove([str(tmp_path / "photos" / "new.jpg")])
+    assert reader.search(files[0], k=1)[0].path != str(tmp_path / "photos" / "new.jpg")  # deleted rows never shown
+    assert reader.file_of(hits[0].id) is None and reader.file_of(found[0].id)["path"] == str(files[0])
+    reader.close()

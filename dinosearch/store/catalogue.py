@@ -157,6 +157,15 @@ class Catalogue:
             return None
         return Known(row[0], row[1], row[2], row[3]), vector_from(row[4])
 
+    def file_of(self, image_id: int) -> dict[str, Any] | None:
+        """What the catalogue knows of one image's file: path, size, mtime_ns, content_hash, format."""
+        cols = (images.c.path, images.c.size, images.c.mtime_ns, images.c.content_hash, images.c.format)
+        with self.engine.connect() as conn:
+            row = conn.execute(select(*cols).where(images.c.id == image_id)).first()
+        if row is None:
+            return None
+        return {"path": path_of(row[0]), "size": row[1], "mtime_ns": row[2], "content_hash": row[3], "format": row[4]}
+
     def vector_of(self, image_id: int) -> np.ndarray | None:
         with self.engine.connect() as conn:
             blob = conn.execute(select(images.c.vector).where(images.c.id == image_id)).scalar()
@@ -179,9 +188,9 @@ class Catalogue:
                     }
         return out
 
-    def iter_vectors(self, chunk: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """All (ids (n,) int64, vectors (n, dim) float32) in id order, chunk by chunk."""
-        last = 0
+    def iter_vectors(self, chunk: int = 50_000, *, after: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """All (ids (n,) int64, vectors (n, dim) float32) with id > `after`, in id order, chunk by chunk."""
+        last = after
         with self.engine.connect() as conn:
             while True:
                 rows = conn.execute(

@@ -77,6 +77,12 @@ def empty_index(dim: int) -> Any:
     return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 
 
+def max_id(index: Any) -> int:
+    if index.ntotal == 0:
+        return 0
+    return int(_faiss().vector_to_array(index.id_map).max())
+
+
 def build(catalogue: Catalogue, dim: int) -> Any:
     """A fresh index of every vector in SQLite."""
     index = empty_index(dim)
@@ -92,7 +98,7 @@ def load(catalogue: Catalogue, dim: int) -> LoadedVectors:
     state = catalogue.get_setting(GENERATION_KEY) or {}
     generation = int(state.get("generation", 0))
     path = file_for(catalogue.dir, generation)
-    if generation and path.exists():
+    if generation and path.exists() and _size_matches(path, state):
         try:
             index = _faiss().read_index(str(path))
             if _matches(index, catalogue, dim, state):
@@ -100,6 +106,29 @@ def load(catalogue: Catalogue, dim: int) -> LoadedVectors:
         except Exception:  # noqa: BLE001 - a truncated or garbage file is rebuilt, whatever FAISS raises
             pass
     return LoadedVectors(build(catalogue, dim), generation, rebuilt=True)
+
+
+def _size_matches(path: Path, state: dict[str, Any]) -> bool:
+    """A file of another size than the one written (truncated, swapped) is not even parsed."""
+    expected = state.get("bytes")
+    try:
+        return expected is None or path.stat().st_size == int(expected)
+    except OSError:
+        return False
+
+
+SAMPLE = 64  # vectors compared with SQLite on load: catches a file of another model or index with equal ids
+
+
+def _sample_matches(index: Any, catalogue: Catalogue, ids: np.ndarray) -> bool:
+    if len(ids) == 0:
+        return True
+    picks = np.unique(ids[np.linspace(0, len(ids) - 1, num=min(SAMPLE, len(ids))).astype(np.int64)])
+    for i in picks.tolist():
+        stored = catalogue.vector_of(i)
+        if stored is None or not np.array_equal(index.reconstruct(i), stored.astype(np.float32)):
+            return False
+    return True
 
 
 def _matches(index: Any, catalogue: Catalogue, dim: int, state: dict[str, Any]) -> bool:
@@ -113,7 +142,9 @@ def _matches(index: Any, catalogue: Catalogue, dim: int, state: dict[str, Any]) 
     if index.ntotal != state.get("count") or index.ntotal != catalogue.count_images():
         return False
     file_ids = np.sort(faiss.vector_to_array(index.id_map).astype(np.int64))
-    return bool(np.array_equal(file_ids, catalogue.all_ids()))
+    if not np.array_equal(file_ids, catalogue.all_ids()):
+        return False
+    return _sample_matches(index, catalogue, file_ids)
 
 
 def save(index: Any, catalogue: Catalogue, dim: int, version: int) -> int:
@@ -127,24 +158,39 @@ def save(index: Any, catalogue: Catalogue, dim: int, version: int) -> int:
     final = file_for(catalogue.dir, generation)
     tmp = final.with_name(final.name + ".tmp")
     try:
-        faiss.write_index(index, str(tmp))
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        size = _write_file(index, tmp)
         os.replace(tmp, final)
         _fsync_dir(catalogue.dir)
     except (OSError, RuntimeError) as exc:
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "No space" in str(exc):
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)) or "No space" in str(exc):
             raise DinosearchError(
-                f"the disk holding {catalogue.dir} is full; the index is unchanged — free some space and run again"
+                f"the disk holding {catalogue.dir} is full: the vector file was not written (the previous one is "
+                "intact, and what was indexed is kept in the catalogue) — free some space and run again"
             ) from None
         raise DinosearchError(f"could not write the vector index in {catalogue.dir}: {exc}") from None
-    catalogue.set_settings({GENERATION_KEY: {"generation": generation, "count": int(index.ntotal), "dim": dim, "version": version}})
+    catalogue.set_settings(
+        {GENERATION_KEY: {"generation": generation, "count": int(index.ntotal), "dim": dim, "version": version, "bytes": size}}
+    )
     remove_stale(catalogue.dir, keep=generation)
     return generation
+
+
+def _write_file(index: Any, path: Path) -> int:
+    """Write and fsync `index` to a new file at `path`; returns its size.
+
+    Through Python rather than FAISS's own file writer, which reports a failed close only on stderr: a
+    small index on a full disk would otherwise be "written" empty without an error. A leftover file or
+    link at `path` is removed first and never followed.
+    """
+    faiss = _faiss()
+    path.unlink(missing_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    with os.fdopen(os.open(path, flags, 0o644), "wb") as f:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))
+        f.flush()
+        os.fsync(f.fileno())
+        return f.tell()
 
 
 def remove_stale(index_dir: Path, keep: int) -> None:
