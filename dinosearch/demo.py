@@ -67,7 +67,8 @@ def main() -> None:
     sh("stats", "--index", str(index))
     if is_random:
         print("\n" + WARNING)
-    print(f"\nTry your own: dinosearch query YOUR_PHOTO.jpg --index {index}")
+    print(f"\nTry your own: .venv/bin/dinosearch query YOUR_PHOTO.jpg --index {index}")
+    print(f"Search page:  make serve SERVE_ARGS='--index {index}'   (then open http://127.0.0.1:8000/)")
 
 
 if __name__ == "__main__":
