@@ -38,6 +38,13 @@ MODEL_KEY = "model"  # settings key holding the ModelFingerprint
 ImageLike = Any  # a path (str / os.PathLike), file bytes, or a PIL.Image.Image
 
 
+def _model_source(model: str) -> str:
+    """A local checkpoint folder is recorded by its absolute path, so it names the same model from any
+    working directory; hub ids stay as they are."""
+    expanded = os.path.expanduser(model)
+    return os.path.realpath(expanded) if os.path.isdir(expanded) else model
+
+
 class Index:
     """An image index in one directory: SQLite catalogue + FAISS vectors + the model that made them.
 
@@ -61,7 +68,7 @@ class Index:
         if not create and not (self.dir / DB_NAME).exists():
             raise IndexNotFoundError(f"no index at {self.dir}; create one with `dinosearch index PATH --index {self.dir}`")
         self.catalogue = Catalogue(self.dir, create=create)
-        self._model = model
+        self._model = _model_source(model) if model else None
         self._device, self._precision = device, precision
         self._batch_size, self._workers = batch_size, workers
         self._embedder = embedder

@@ -274,3 +274,19 @@ def test_reader_sees_new_rows_before_the_next_generation(index_dir: Path, tiny_m
     assert reader.search(files[0], k=1)[0].path != str(tmp_path / "photos" / "new.jpg")  # deleted rows never shown
     assert reader.file_of(hits[0].id) is None and reader.file_of(found[0].id)["path"] == str(files[0])
     reader.close()
+
+
+def test_model_folder_named_another_way_is_the_same_model(index_dir: Path, tiny_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_tree(tmp_path / "photos", n=2)
+    with Index(index_dir, model=tiny_model, device="cpu") as ix:
+        ix.add(tmp_path / "photos")
+        assert ix.fingerprint.model == os.path.realpath(tiny_model)
+    monkeypatch.chdir(Path(tiny_model).parent)
+    relative = os.path.join(".", Path(tiny_model).name, "")
+
+    class Boom:
+        def __getattr__(self, name: str):
+            raise AssertionError("the model was loaded to compare names")
+
+    with Index(index_dir, model=relative, embedder=Boom()) as ix:  # type: ignore[arg-type]
+        assert ix.add(tmp_path / "photos").unchanged == 2

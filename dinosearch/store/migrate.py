@@ -11,8 +11,16 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 
+def _location() -> Path:
+    """The installed `dinosearch.migrations` package, or migrations/ of a source checkout on sys.path."""
+    try:
+        return Path(str(resources.files("dinosearch.migrations")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "migrations"
+
+
 def _config() -> Config:
-    location = Path(str(resources.files("dinosearch.migrations")))
+    location = _location()
     cfg = Config()
     cfg.set_main_option("script_location", str(location))
     return cfg
