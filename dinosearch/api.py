@@ -59,6 +59,7 @@ class Index:
         model: str | None = None,
         device: str = "auto",
         precision: str = "auto",
+        backend: str = "torch",
         batch_size: int | None = None,
         workers: int | None = None,
         embedder: Embedder | None = None,
@@ -69,7 +70,7 @@ class Index:
             raise IndexNotFoundError(f"no index at {self.dir}; create one with `dinosearch index PATH --index {self.dir}`")
         self.catalogue = Catalogue(self.dir, create=create)
         self._model = _model_source(model) if model else None
-        self._device, self._precision = device, precision
+        self._device, self._precision, self._backend = device, precision, backend
         self._batch_size, self._workers = batch_size, workers
         self._embedder = embedder
         self._checked = False
@@ -97,7 +98,11 @@ class Index:
         with self._lock:
             if self._embedder is None:
                 self._embedder = Dinov2Embedder(
-                    self.model_name, device=self._device, precision=self._precision, batch_size=self._batch_size
+                    self.model_name,
+                    device=self._device,
+                    precision=self._precision,
+                    batch_size=self._batch_size,
+                    backend=self._backend,
                 )
             if not self._checked:
                 self._checked = self._check_model(self._embedder.fingerprint, record=record)

@@ -32,6 +32,27 @@ class Device(str, Enum):
     mps = "mps"
 
 
+class Backend(str, Enum):
+    torch = "torch"
+    compile = "compile"
+    openvino = "openvino"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+BackendOpt = typer.Option(
+    Backend.torch, "--backend", envvar="DINOSEARCH_BACKEND",
+    help="How the model runs: torch, compile (torch.compile) or openvino (CPU; pip install 'dinosearch[openvino]')",
+)
+PrecisionOpt = typer.Option(
+    Precision.auto, "--precision", envvar="DINOSEARCH_PRECISION",
+    help="auto: bf16/fp16 on a GPU, bf16 on CPUs with native bf16, else fp32",
+)
 IndexOpt = typer.Option(None, "--index", help="Index directory [default: $DINOSEARCH_INDEX, else a per-user data dir]")
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of text")
 
@@ -66,6 +87,8 @@ def index(
         None, "--model", help="Hub id or local checkpoint folder [default: $DINOSEARCH_MODEL, else the index's model, else facebook/dinov2-small]"
     ),
     device: Device = typer.Option(Device.auto, "--device", help="Where the model runs"),
+    backend: Backend = BackendOpt,
+    precision: Precision = PrecisionOpt,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per model batch [default: 16 on CPU, 64 on GPU]"),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decode processes [default: CPU count]"),
     follow_symlinks: bool = typer.Option(False, "--follow-symlinks", help="Follow symbolic links while walking"),
@@ -78,7 +101,7 @@ def index(
 
     def go() -> None:
         ix = _open(index, create=True, model=model or settings.model_from_env(), device=device.value,
-                   batch_size=batch_size, workers=workers)
+                   backend=backend.value, precision=precision.value, batch_size=batch_size, workers=workers)
         with ix, _progress(enabled=not as_json and sys.stderr.isatty()) as progress:
             report = ix.add(*paths, follow_symlinks=follow_symlinks, metadata=metadata, progress=progress)
         for w in report.warnings:
@@ -107,13 +130,16 @@ def query(
     where: Optional[list[str]] = typer.Option(None, "--where", help="Metadata filter key=value (repeatable)"),
     model: Optional[str] = typer.Option(None, "--model", help="Model for images not in the index [default: the index's]"),
     device: Device = typer.Option(Device.auto, "--device", help="Where the model runs, if needed"),
+    backend: Backend = BackendOpt,
+    precision: Precision = PrecisionOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Print the indexed images most like IMAGE(s)."""
 
     def go() -> None:
         filters = _parse_where(where or [])
-        with _open(index, create=False, model=model or settings.model_from_env(), device=device.value) as ix:
+        with _open(index, create=False, model=model or settings.model_from_env(), device=device.value,
+                   backend=backend.value, precision=precision.value) as ix:
             hits = ix.search(*images, k=k, min_score=min_score, where=filters)
         if as_json:
             typer.echo(json.dumps({"results": [h.to_dict() for h in hits]}, ensure_ascii=False))
