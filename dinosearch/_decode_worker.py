@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import warnings
 
 if multiprocessing.parent_process() is not None:
     # In the worker only: one decode per process, no BLAS or OpenMP thread pools fighting the model.
@@ -27,9 +28,44 @@ def _limit_memory(limit: int | None) -> None:
         pass
 
 
+READY = "ready"  # a worker's first message: imports done, memory limited, files welcome
+
+# Test-only fault injection. Only when DINOSEARCH_TEST_DECODE_FAULTS=1 is in the environment, a file
+# whose bytes start with FAULT_MAGIC makes this worker segfault, abort, hang or exhaust its memory, as
+# a hostile file could make a codec do: the tests prove that such a file costs that file only. Without
+# the variable those bytes are an ordinary file that is not an image.
+FAULT_ENV = "DINOSEARCH_TEST_DECODE_FAULTS"
+FAULT_MAGIC = b"DINOSEARCH-TEST-FAULT:"
+
+
+def _inject_fault(data: bytes) -> None:
+    kind = data[len(FAULT_MAGIC) :].split(b"\n", 1)[0].strip()
+    if kind == b"segfault":
+        import ctypes
+
+        ctypes.string_at(0)  # read address 0: SIGSEGV, as a codec bug would
+    elif kind == b"abort":
+        os.abort()  # SIGABRT, as a failed assertion or malloc check in C would
+    elif kind == b"hang":
+        while True:  # a busy loop that never returns, never reads the pipe
+            pass
+    elif kind == b"oom":
+        hog = []
+        while True:  # grows until the worker's memory limit stops it
+            hog.append(b"\x01" * (16 << 20))
+
+
 def worker_main(conn: Any, pre: Preprocess, max_pixels: int = MAX_PIXELS, memory_limit: int | None = None) -> None:
     """Decode (task_id, bytes) messages until a None arrives; answer each with exactly one message."""
     _limit_memory(memory_limit)
+    # Codec warnings (corrupt EXIF, odd chunks) would interleave with the progress bar; what matters
+    # about a file is its result, and a failure is recorded with its reason.
+    warnings.simplefilter("ignore")
+    faults = os.environ.get(FAULT_ENV) == "1"
+    try:
+        conn.send(READY)  # imports done: a file's timeout starts counting from here
+    except (OSError, ValueError):
+        return
     while True:
         try:
             msg = conn.recv()
@@ -39,6 +75,8 @@ def worker_main(conn: Any, pre: Preprocess, max_pixels: int = MAX_PIXELS, memory
             return
         task_id, data = msg
         try:
+            if faults and data.startswith(FAULT_MAGIC):
+                _inject_fault(data)
             d = decode(data, pre, max_pixels=max_pixels)
             reply: tuple = (task_id, True, d.pixels, d.width, d.height, d.format)
         except DecodeError as exc:

@@ -179,6 +179,8 @@ class Index:
         state = self.catalogue.get_setting(vector_store.GENERATION_KEY) or {}
         version = self.catalogue.version()
         if not force and state.get("version") == version and vector_store.file_for(self.dir, state.get("generation", 0)).exists():
+            # Nothing to write; still clear generations a killed run left behind.
+            vector_store.remove_stale(self.dir, keep=int(state.get("generation", 0)))
             return
         index = vector_store.build(self.catalogue, fp.dim)
         generation = vector_store.save(index, self.catalogue, fp.dim, version)

@@ -58,7 +58,7 @@ JsonOpt = typer.Option(False, "--json", help="Print JSON instead of text")
 
 
 def _err(message: str) -> None:
-    typer.echo(f"dinosearch: {message}", err=True)
+    typer.echo(f"dinosearch: {_safe(message)}", err=True)
 
 
 def _open(index: Optional[Path], *, create: bool, **kwargs: Any) -> "Index":

@@ -22,7 +22,7 @@ import numpy as np
 
 from .decode import MAX_PIXELS
 from .embed import Embedder
-from .errors import PathNotFoundError
+from .errors import DinosearchError, PathNotFoundError
 from .records import ImageFile, IndexReport
 from .store.catalogue import Catalogue, FailureRow, ImageRow, Known, vector_bytes
 from .walk import WalkResult, walk
@@ -294,6 +294,9 @@ def run(
                 )
                 feeder = threading.Thread(target=_feed, args=(reader, pool), name="dinosearch-feed", daemon=True)
                 feeder.start()
+            if pool is not None and pool.broken:
+                # No decoder can start at all: an installation problem, not the files' fault.
+                raise DinosearchError(f"the image decoders cannot start: {pool.broken}")
             try:
                 item = out.get(timeout=0.1)
             except queue.Empty:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -16,12 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from ._decode_worker import worker_main
+from ._decode_worker import READY, worker_main
 from .decode import MAX_PIXELS
 from .records import Preprocess
 
 DEFAULT_TIMEOUT = 60.0  # seconds one file may take to decode
 DEFAULT_MEMORY_LIMIT = 4 << 30  # address space of one worker, bytes
+STARTUP_TIMEOUT = 120.0  # seconds a new worker may take to start (not counted against any file)
+MAX_STARTUP_FAILURES = 3  # workers dying before they are ready, in a row, before files are failed
 
 
 @dataclass(frozen=True)
@@ -47,13 +50,28 @@ class _Worker:
         self.proc.start()
         child.close()
         self.task: Any = None
-        self.deadline = 0.0
+        # Until the worker says it is ready (imports done), its deadline is a startup deadline, and it
+        # is given no file: a file's timeout never includes a spawn on a busy machine.
+        self.ready = False
+        self.deadline = time.monotonic() + STARTUP_TIMEOUT
 
     def kill(self) -> None:
         if self.proc.is_alive():
             self.proc.kill()
         self.proc.join(timeout=5)
         self.conn.close()
+
+    def exit_description(self) -> str:
+        self.proc.join(timeout=2)  # reap it, so that its exit code is known
+        code = self.proc.exitcode
+        if code is None:
+            return "it stopped answering"
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit status {code}"
 
 
 class DecodePool:
@@ -79,9 +97,16 @@ class DecodePool:
         self._workers = [_Worker(self._ctx, self._args) for _ in range(max(1, workers))]
         self._retry: list[tuple[Any, bytes]] = []  # tasks whose worker died before taking them
         self._stop = threading.Event()
+        self.replaced = 0  # workers replaced after a crash or a timeout
+        self._startup_failures = 0  # workers in a row that died before they were ready
+        self._broken: str | None = None  # set when workers cannot start at all
         self._thread = threading.Thread(target=self._dispatch, name="dinosearch-decode", daemon=True)
         self._thread.start()
-        self.replaced = 0  # workers replaced after a crash or a timeout
+
+    @property
+    def broken(self) -> str | None:
+        """Why no decode worker can start at all (every file then fails with this), else None."""
+        return self._broken
 
     def submit(self, task: Any, data: bytes) -> None:
         """Blocks while every worker is busy and the inbox is full (bounded memory)."""
@@ -117,47 +142,67 @@ class DecodePool:
 
     def _dispatch(self) -> None:
         while not self._stop.is_set():
-            # Hand a task to every idle worker, unless the model is behind and results are piling up.
-            for w in self._workers:
-                if w.task is None and self.results.qsize() < self._max_ready:
+            if self._broken is not None:  # no worker can start: every file fails, quickly, with why
+                try:
+                    task, _ = self._retry.pop() if self._retry else self._inbox.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                self.results.put(DecodeFailed(task, "crashed", self._broken))
+                continue
+            # Hand a task to every ready, idle worker, unless the model is behind and results pile up.
+            # A worker still starting gets nothing: a send could block on it, and its startup must not
+            # count against any file's timeout.
+            for i, w in enumerate(self._workers):
+                if w.ready and w.task is None and self.results.qsize() < self._max_ready:
                     try:
                         task, data = self._retry.pop() if self._retry else self._inbox.get_nowait()
                     except queue.Empty:
                         break
                     try:
                         w.conn.send((0, data))
-                        w.task, w.deadline = task, time.monotonic() + self._timeout
                     except (OSError, ValueError):  # the worker died while idle: retry on a fresh one
-                        self._replace(self._workers.index(w))
+                        self._replace(i)
                         self._retry.append((task, data))
-            busy = [w for w in self._workers if w.task is not None]
-            if not busy:
+                        continue
+                    w.task, w.deadline = task, time.monotonic() + self._timeout
+            watched = [w for w in self._workers if w.task is not None or not w.ready]
+            if not watched:
                 time.sleep(0.005)
                 continue
-            ready = wait([w.conn for w in busy] + [w.proc.sentinel for w in busy], timeout=0.05)
+            ready = wait([w.conn for w in watched] + [w.proc.sentinel for w in watched], timeout=0.05)
             now = time.monotonic()
             for i, w in enumerate(self._workers):
-                if w.task is None:
+                if self._broken is not None:
+                    break
+                if w.task is None and w.ready:
                     continue
                 if w.conn in ready:
                     try:
                         reply = w.conn.recv()
                     except (EOFError, OSError):
                         reply = None
-                    if reply is not None:
+                    if reply == READY and not w.ready:
+                        w.ready = True
+                        self._startup_failures = 0
+                        continue
+                    if reply is not None and w.task is not None:
                         task, w.task = w.task, None
                         if reply[1]:
                             self.results.put(Decoded(task, reply[2], reply[3], reply[4], reply[5]))
                         else:
                             self.results.put(DecodeFailed(task, reply[2], reply[3]))
                         continue
-                if w.conn in ready or w.proc.sentinel in ready or not w.proc.is_alive():
-                    code = w.proc.exitcode
+                dead = w.conn in ready or w.proc.sentinel in ready or not w.proc.is_alive()
+                if not w.ready and (dead or now > w.deadline):
+                    why = w.exit_description() if dead else f"not ready within {STARTUP_TIMEOUT:.0f} s"
+                    self._startup_failed(i, f"a decode worker could not start ({why})")
+                elif dead:
                     self.results.put(
                         DecodeFailed(
                             w.task,
                             "crashed",
-                            f"the decoder crashed on this file (exit {code}); it may be corrupt or hostile — re-export it",
+                            f"the decoder crashed on this file ({w.exit_description()}); "
+                            "it may be corrupt or hostile — re-export it",
                         )
                     )
                     w.task = None
@@ -167,8 +212,23 @@ class DecodePool:
                         DecodeFailed(
                             w.task,
                             "timeout",
-                            f"decoding took longer than {self._timeout:.0f} s and was stopped; re-export the file",
+                            f"decoding took longer than {self._timeout:g} s and was stopped; "
+                            "the file may be hostile — re-export it",
                         )
                     )
                     w.task = None
                     self._replace(i)
+
+    def _startup_failed(self, i: int, why: str) -> None:
+        """A worker died (or hung) before it was ready: no file is to blame, unless none can start at all."""
+        self._startup_failures += 1
+        if self._startup_failures > MAX_STARTUP_FAILURES:
+            # Not one file's fault: stop spawning, and fail every file with the reason.
+            self._broken = f"{why}; check the installation and run again"
+            for w in self._workers:
+                if w.task is not None:
+                    self.results.put(DecodeFailed(w.task, "crashed", self._broken))
+                    w.task = None
+                w.kill()
+            return
+        self._replace(i)

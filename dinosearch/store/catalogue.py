@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
+from contextlib import nullcontext
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +15,10 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Engine, Integer, Text, bindparam, cast, create_engine, delete, event, func, insert, select, text, update
 
-from ..errors import SchemaTooNewError
+from ..errors import DinosearchError, SchemaTooNewError
 from ..records import Failure
 from . import schema
+from .lock import WriterLock
 from .schema import failures, images, settings
 
 DB_NAME = "catalogue.sqlite3"
@@ -90,7 +93,23 @@ class Catalogue:
             self.dir.mkdir(parents=True, exist_ok=True)
         self.engine: Engine = create_engine(f"sqlite:///{self.db_path}")
         event.listen(self.engine, "connect", _pragmas)
-        migrate(self.engine)
+        # pysqlite would run DDL outside any transaction: BEGIN ourselves, so that a migration killed
+        # halfway leaves the database as it was (SQLAlchemy's recipe for transactional SQLite).
+        event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
+        event.listen(self.engine, "handle_error", self._storage_error)
+        migrate(self.engine, self.dir)
+
+    def _storage_error(self, context: Any) -> None:
+        """A full or read-only disk is a clear run-level error, not a driver traceback."""
+        err = context.original_exception
+        text_ = str(err)
+        if isinstance(err, sqlite3.OperationalError) and any(
+            s in text_ for s in ("database or disk is full", "disk I/O error", "readonly database", "unable to open database file")
+        ):
+            raise DinosearchError(
+                f"cannot write to {self.db_path} ({text_}): is its disk full or read-only? Free some space "
+                "(or fix its permissions) and run again; everything committed before is kept"
+            ) from err
 
     def close(self) -> None:
         self.engine.dispose()
@@ -335,6 +354,7 @@ def _bump(conn: Any) -> None:
 
 
 def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # transactions are begun by the "begin" listener
     cur = dbapi_conn.cursor()
     # WAL: readers (the server) never block the writer; NORMAL is durable at every checkpoint and
     # loses no committed transaction on a process crash.
@@ -354,8 +374,11 @@ def current_revision(engine: Engine) -> str | None:
         return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the database to SCHEMA_REVISION; refuse one written by a newer dinosearch."""
+def migrate(engine: Engine, index_dir: Path | None = None) -> None:
+    """Bring the database to SCHEMA_REVISION; refuse one written by a newer dinosearch.
+
+    Migrations run under the writer lock, so two processes opening a new index never both migrate.
+    """
     rev = current_revision(engine)
     if rev == schema.SCHEMA_REVISION:
         return  # the common case costs one query and never imports Alembic
@@ -365,4 +388,6 @@ def migrate(engine: Engine) -> None:
         raise SchemaTooNewError(
             f"this index was written by a newer dinosearch (schema {rev}); upgrade dinosearch to open it"
         )
-    upgrade(engine)
+    with WriterLock(index_dir) if index_dir is not None else nullcontext():
+        if current_revision(engine) != schema.SCHEMA_REVISION:
+            upgrade(engine)

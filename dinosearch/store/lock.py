@@ -9,9 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import IndexLockedError
+from ..errors import DinosearchError, IndexLockedError
 
 LOCK_NAME = "writer.lock"
+MAX_CMD = 400  # characters of the holder's command line kept in the lock file
 
 
 class WriterLock:
@@ -22,7 +23,12 @@ class WriterLock:
         self._fd: int | None = None
 
     def acquire(self) -> "WriterLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise DinosearchError(
+                f"cannot open the lock file {self.path} ({exc.strerror}); check that you may write to {self.path.parent}"
+            ) from None
         try:
             _lock(fd)
         except OSError:
@@ -33,7 +39,9 @@ class WriterLock:
                 "wait for it to finish, or stop it"
             ) from None
         os.ftruncate(fd, 0)
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "cmd": " ".join(sys.argv)}
+        cmd = " ".join(sys.argv)
+        cmd = cmd if len(cmd) <= MAX_CMD else cmd[: MAX_CMD - 3] + "..."  # the holder's note stays readable whole
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "cmd": cmd}
         os.write(fd, json.dumps(info).encode())
         self._fd = fd
         return self
@@ -56,11 +64,13 @@ class WriterLock:
 def _read_holder(fd: int) -> str:
     try:
         os.lseek(fd, 0, os.SEEK_SET)
-        info = json.loads(os.read(fd, 4096) or b"{}")
-        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("started", 0)))
-        return f"pid {info.get('pid')} on {info.get('host')}, `{info.get('cmd', '?')}`, since {started}"
+        info = json.loads(os.read(fd, 1 << 16) or b"{}")
     except (OSError, ValueError):
-        return "holder unknown"
+        info = None
+    if not isinstance(info, dict) or "pid" not in info:
+        return "a process that is just starting, or holder unknown"  # locked, its note not yet written
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("started", 0)))
+    return f"pid {info.get('pid')} on {info.get('host')}, `{info.get('cmd', '?')}`, since {started}"
 
 
 if os.name == "nt":  # pragma: no cover - exercised on Windows only
