@@ -82,7 +82,7 @@ def worker_main(conn: Any, pre: Preprocess, max_pixels: int = MAX_PIXELS, memory
         except DecodeError as exc:
             reply = (task_id, False, exc.kind, exc.message)
         except MemoryError:
-            reply = (task_id, False, "too-large", "ran out of memory decoding this image; downscale it to index it")
+            reply = (task_id, False, "too-large", "ran out of memory decoding this image; downscale it and try again")
         except Exception as exc:  # noqa: BLE001 - a codec bug is still only this file's failure
             reply = (task_id, False, "corrupt", f"the decoder failed ({type(exc).__name__}); re-export the file")
         del data

@@ -140,7 +140,7 @@ def open_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
         raise DecodeError(
             "too-large",
             f"is {width}x{height} ({width * height / 1e6:.0f} MP), over the {max_pixels / 1e6:.0f} MP limit; "
-            "downscale it to index it",
+            "downscale it and try again",
         )
     return im
 
@@ -173,7 +173,7 @@ def load_rgb(
     except DecodeError:
         raise
     except MemoryError:
-        raise DecodeError("too-large", "ran out of memory decoding this image; downscale it to index it") from None
+        raise DecodeError("too-large", "ran out of memory decoding this image; downscale it and try again") from None
     except Exception as exc:  # noqa: BLE001 - truncated or corrupt data raises many types
         raise DecodeError(
             "corrupt", f"{fmt} data is truncated or corrupt ({type(exc).__name__}); re-copy or re-export it"
