@@ -1,6 +1,6 @@
 # make demo  - set up and run dinosearch on the sample catalogue in data/
 # make test  - set up and run the test suite (no network needed)
-# make bench - indexing / start-up benchmarks (a benchmark, not a test)
+# make bench - indexing, start-up and serving benchmarks (a benchmark, not a test)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -27,6 +27,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.bench $(BENCH_ARGS)
+	$(BIN)/python -m tests.bench.load --shape vit-s14 --rate 4 --seconds 20 --burst 48 --queue-size 8
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache build *.egg-info
