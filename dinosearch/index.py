@@ -229,6 +229,10 @@ def run(
     unchanged tree, or one where files were only renamed or copied, never loads the model.
     """
     started = time.monotonic()
+    # The model's OpenMP threads should sleep, not spin, between operations: spinning threads steal
+    # the cores the decode workers need (measured on 2 cores: +35% images/s). Only takes effect when
+    # torch is imported after this (the CLI's case); a user's setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     roots = [os.path.abspath(r) for r in roots]
     p = plan(catalogue, roots, follow_symlinks=follow_symlinks)
     total = len(p.todo)
