@@ -27,6 +27,13 @@ def ix(index_dir: Path, tiny_model: str):
         yield index
 
 
+class Boom:
+    """An embedder that fails the test if the model is touched at all."""
+
+    def __getattr__(self, name: str):
+        raise AssertionError("the model was used")
+
+
 def consistent(ix: Index) -> None:
     """SQLite rows == FAISS vectors, and every image finds itself at rank 1 (exact copies tie)."""
     loaded = vector_store.load(ix.catalogue, ix.fingerprint.dim)
@@ -52,10 +59,6 @@ def test_unchanged_tree_never_loads_the_model(index_dir: Path, tiny_model: str, 
     make_tree(tmp_path / "photos")
     with Index(index_dir, model=tiny_model, device="cpu") as ix:
         ix.add(tmp_path / "photos")
-
-    class Boom:
-        def __getattr__(self, name: str):
-            raise AssertionError("the model was used")
 
     with Index(index_dir, embedder=Boom()) as ix:  # type: ignore[arg-type]
         r = ix.add(tmp_path / "photos")
@@ -241,10 +244,6 @@ def test_query_by_indexed_file_never_loads_the_model(index_dir: Path, tiny_model
     with Index(index_dir, model=tiny_model, device="cpu") as ix:
         ix.add(tmp_path / "photos")
 
-    class Boom:
-        def __getattr__(self, name: str):
-            raise AssertionError("the model was used")
-
     with Index(index_dir, embedder=Boom()) as ix:  # type: ignore[arg-type]
         hits = ix.search(files[0], k=10)
         assert len(hits) == 3 and files[0] not in [Path(h.path) for h in hits]
@@ -283,10 +282,6 @@ def test_model_folder_named_another_way_is_the_same_model(index_dir: Path, tiny_
         assert ix.fingerprint.model == os.path.realpath(tiny_model)
     monkeypatch.chdir(Path(tiny_model).parent)
     relative = os.path.join(".", Path(tiny_model).name, "")
-
-    class Boom:
-        def __getattr__(self, name: str):
-            raise AssertionError("the model was loaded to compare names")
 
     with Index(index_dir, model=relative, embedder=Boom()) as ix:  # type: ignore[arg-type]
         assert ix.add(tmp_path / "photos").unchanged == 2
