@@ -114,6 +114,8 @@ class QueryEngine:
     async def vector_of_upload(self, data: bytes) -> np.ndarray:
         """Image file bytes -> (dim,) unit vector. Raises DecodeError, Overloaded or ModelUnavailable."""
         catalogue = self.index.catalogue
+        if self._pending >= self.queue_size:
+            raise Overloaded()  # refuse at once: under overload even the hash lookup competes for the CPU
         # Hashing 20 MB takes tens of ms: in the thread too, not on the event loop.
         stored = await anyio.to_thread.run_sync(lambda: catalogue.vector_for_hash(content_hash(data)))
         if stored is not None:
