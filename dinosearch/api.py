@@ -25,7 +25,7 @@ from .errors import DinosearchError, ImageError, IndexLockedError, IndexNotFound
 from .records import Failure, Hit, IndexReport, ModelFingerprint, Stats
 from .search import mean_query, search
 from .store import vectors as vector_store
-from .store.catalogue import DB_NAME, Catalogue
+from .store.catalogue import DB_NAME, Catalogue, vector_from
 from .store.lock import WriterLock
 
 # decode (Pillow) and index (the pipeline) are imported where used: `stats` and queries by indexed
@@ -274,7 +274,7 @@ class Index:
         same_file = found[0].id if found is not None else None
         stored = self.catalogue.vector_for_hash(read.content_hash)
         if stored is not None:
-            return np.frombuffer(stored, dtype="<f4").astype(np.float32), same_file
+            return vector_from(stored), same_file
         return self.vector_of_bytes(read.data, name=path), same_file
 
     def vector_of_bytes(self, data: bytes, *, name: str = "the image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
