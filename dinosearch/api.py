@@ -25,7 +25,8 @@ from .errors import DinosearchError, ImageError, IndexLockedError, IndexNotFound
 from .records import Failure, Hit, IndexReport, ModelFingerprint, Stats
 from .search import mean_query, search
 from .store import vectors as vector_store
-from .store.catalogue import DB_NAME, Catalogue, vector_from
+from .store.catalogue import Catalogue, vector_from
+from .store.layout import DB_NAME, GENERATION_KEY, INDEX_TYPE, MODEL_KEY, vectors_file
 from .store.lock import WriterLock
 
 # decode (Pillow) and index (the pipeline) are imported where used: `stats` and queries by indexed
@@ -33,7 +34,6 @@ from .store.lock import WriterLock
 MAX_PIXELS = 2 * 89_478_485  # = decode.MAX_PIXELS, checked by a test
 
 DEFAULT_MODEL = "facebook/dinov2-small"
-MODEL_KEY = "model"  # settings key holding the ModelFingerprint
 
 ImageLike = Any  # a path (str / os.PathLike), file bytes, or a PIL.Image.Image
 
@@ -176,9 +176,9 @@ class Index:
         fp = self.fingerprint
         if fp is None:
             return
-        state = self.catalogue.get_setting(vector_store.GENERATION_KEY) or {}
+        state = self.catalogue.get_setting(GENERATION_KEY) or {}
         version = self.catalogue.version()
-        if not force and state.get("version") == version and vector_store.file_for(self.dir, state.get("generation", 0)).exists():
+        if not force and state.get("version") == version and vectors_file(self.dir, state.get("generation", 0)).exists():
             # Nothing to write; still clear generations a killed run left behind.
             vector_store.remove_stale(self.dir, keep=int(state.get("generation", 0)))
             return
@@ -209,7 +209,7 @@ class Index:
             fp = self.fingerprint
             if fp is None:
                 return None
-            state = self.catalogue.get_setting(vector_store.GENERATION_KEY) or {}
+            state = self.catalogue.get_setting(GENERATION_KEY) or {}
             generation = int(state.get("generation", 0))
             version = self.catalogue.version()
             if self._vectors is None or generation != self._vectors.generation:
@@ -346,7 +346,7 @@ class Index:
             failed=self.catalogue.count_failures(),
             model=fp.model if fp else None,
             dim=fp.dim if fp else None,
-            index_type=vector_store.INDEX_TYPE,
+            index_type=INDEX_TYPE,
             bytes=self.catalogue.disk_bytes(),
         )
 

@@ -157,8 +157,13 @@ def stats(index: Optional[Path] = IndexOpt, as_json: bool = JsonOpt) -> None:
     """Show what the index holds."""
 
     def go() -> None:
-        with _open(index, create=False) as ix:
-            s = ix.stats()
+        from .store.quick import quick_stats
+
+        # Most of the time SQLite alone answers, without importing SQLAlchemy or NumPy.
+        s = quick_stats(index or settings.default_index_dir())
+        if s is None:
+            with _open(index, create=False) as ix:
+                s = ix.stats()
         if as_json:
             typer.echo(json.dumps(s.to_dict()))
         else:

@@ -103,7 +103,7 @@ def check_final(index_dir: Path, reference: dict[str, Row], dim: int) -> None:
     cat = Catalogue(index_dir, create=False)
     try:
         state = cat.get_setting(vectors.GENERATION_KEY)
-        current = vectors.file_for(index_dir, state["generation"])
+        current = vectors.vectors_file(index_dir, state["generation"])
         leftovers = {p.name for p in index_dir.iterdir()} - {DB, DB + "-wal", DB + "-shm", "writer.lock", current.name}
         assert not leftovers, f"left behind: {leftovers}"
         on_disk = faiss.read_index(str(current))

@@ -63,7 +63,7 @@ def test_faiss_file_that_does_not_match_is_rebuilt(tmp_path: Path, damage: str) 
     cat = Catalogue(tmp_path / "ix")
     vecs = _fill(cat, 20)
     gen = vector_store.save(vector_store.build(cat, 8), cat, 8, cat.version())
-    path = vector_store.file_for(cat.dir, gen)
+    path = vector_store.vectors_file(cat.dir, gen)
     assert not vector_store.load(cat, 8).rebuilt
     if damage == "missing":
         path.unlink()
@@ -100,7 +100,7 @@ def test_header_peek_agrees_with_faiss(tmp_path: Path) -> None:
     cat = Catalogue(tmp_path / "ix")
     _fill(cat, 7)
     gen = vector_store.save(vector_store.build(cat, 8), cat, 8, cat.version())
-    assert vector_store.peek(vector_store.file_for(cat.dir, gen)) == (8, 7)
+    assert vector_store.peek_vectors(vector_store.vectors_file(cat.dir, gen)) == (8, 7)
     assert vector_store.count_if_current(cat, 8) == 7
     cat.remove(["/p/1.jpg"])
     assert vector_store.count_if_current(cat, 8) is None  # stale: stats loads (and rebuilds) instead

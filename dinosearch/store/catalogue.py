@@ -18,11 +18,10 @@ from sqlalchemy import Engine, Integer, Text, bindparam, cast, create_engine, de
 from ..errors import DinosearchError, SchemaTooNewError
 from ..records import Failure
 from . import schema
+from .layout import DB_NAME, VERSION_KEY
 from .lock import WriterLock
 from .schema import failures, images, settings
 
-DB_NAME = "catalogue.sqlite3"
-VERSION_KEY = "version"
 
 
 def path_key(path: str) -> bytes:

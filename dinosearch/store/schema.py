@@ -14,9 +14,7 @@ from sqlalchemy import (
     Text,
 )
 
-# The Alembic revision this code writes. A database at another known revision is migrated on open;
-# one at an unknown revision was written by a newer dinosearch and is refused.
-SCHEMA_REVISION = "0001"
+from .layout import SCHEMA_REVISION  # noqa: F401  (the revision this schema is at)
 
 metadata = MetaData(
     naming_convention={

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,19 +16,13 @@ import numpy as np
 
 from ..errors import DinosearchError
 from .catalogue import Catalogue
-
-INDEX_TYPE = "IDMap2,Flat"
-GENERATION_KEY = "faiss"  # settings key: {"generation", "count", "dim"}
+from .layout import GENERATION_KEY, peek_vectors, vectors_file
 
 
 def _faiss() -> Any:
     import faiss
 
     return faiss
-
-
-def file_for(index_dir: Path, generation: int) -> Path:
-    return Path(index_dir) / f"vectors-{generation}.faiss"
 
 
 @dataclass
@@ -43,21 +36,6 @@ class LoadedVectors:
         return int(self.index.ntotal)
 
 
-def peek(path: Path) -> tuple[int, int] | None:
-    """(dim, count) from an IndexIDMap2 file's header, without importing FAISS; None if not one.
-
-    The header is the fourcc "IxM2", then d (int32) and ntotal (int64), little-endian.
-    """
-    try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-    except OSError:
-        return None
-    if len(head) < 16 or head[:4] != b"IxM2":
-        return None
-    return struct.unpack("<iq", head[4:16])
-
-
 def count_if_current(catalogue: Catalogue, dim: int) -> int | None:
     """The vector count of the current file when every cheap check says it matches SQLite, else None.
 
@@ -66,7 +44,7 @@ def count_if_current(catalogue: Catalogue, dim: int) -> int | None:
     state = catalogue.get_setting(GENERATION_KEY) or {}
     if state.get("version") != catalogue.version() or state.get("dim") != dim:
         return None
-    header = peek(file_for(catalogue.dir, int(state.get("generation", 0))))
+    header = peek_vectors(vectors_file(catalogue.dir, int(state.get("generation", 0))))
     if header is None or header != (dim, state.get("count")) or header[1] != catalogue.count_images():
         return None
     return header[1]
@@ -97,7 +75,7 @@ def load(catalogue: Catalogue, dim: int) -> LoadedVectors:
     """The index as SQLite says it should be: the current file if it matches exactly, else a rebuild."""
     state = catalogue.get_setting(GENERATION_KEY) or {}
     generation = int(state.get("generation", 0))
-    path = file_for(catalogue.dir, generation)
+    path = vectors_file(catalogue.dir, generation)
     if generation and path.exists() and _size_matches(path, state):
         try:
             index = _faiss().read_index(str(path))
@@ -152,10 +130,9 @@ def save(index: Any, catalogue: Catalogue, dim: int, version: int) -> int:
 
     Only a process holding the writer lock calls this. Old generations are removed afterwards.
     """
-    faiss = _faiss()
     state = catalogue.get_setting(GENERATION_KEY) or {}
     generation = int(state.get("generation", 0)) + 1
-    final = file_for(catalogue.dir, generation)
+    final = vectors_file(catalogue.dir, generation)
     tmp = final.with_name(final.name + ".tmp")
     try:
         size = _write_file(index, tmp)

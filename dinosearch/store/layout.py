@@ -1,0 +1,45 @@
+"""What an index directory holds, named in one place, importable without SQLAlchemy, NumPy or FAISS.
+
+    catalogue.sqlite3        SQLite (WAL): images, failures, settings, alembic_version
+    vectors-<gen>.faiss      FAISS IndexIDMap2 over IndexFlatIP, keyed by the images row id
+    .lock                    the writer lock
+
+Commands that must start fast (`stats`) read these with the standard library alone.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+DB_NAME = "catalogue.sqlite3"
+
+# The Alembic revision this code writes. A database at another known revision is migrated on open;
+# one at an unknown revision was written by a newer dinosearch and is refused.
+SCHEMA_REVISION = "0001"
+
+# Keys of the settings table (values are JSON).
+VERSION_KEY = "version"  # an integer bumped by every write to the catalogue
+MODEL_KEY = "model"  # the ModelFingerprint of the model that made the vectors
+GENERATION_KEY = "faiss"  # the FAISS file written last: {"generation", "count", "dim", "version", "bytes"}
+
+INDEX_TYPE = "IDMap2,Flat"
+
+
+def vectors_file(index_dir: Path, generation: int) -> Path:
+    return Path(index_dir) / f"vectors-{generation}.faiss"
+
+
+def peek_vectors(path: Path) -> tuple[int, int] | None:
+    """(dim, count) from an IndexIDMap2 file's header, without importing FAISS; None if not one.
+
+    The header is the fourcc "IxM2", then d (int32) and ntotal (int64), little-endian.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if len(head) < 16 or head[:4] != b"IxM2":
+        return None
+    return struct.unpack("<iq", head[4:16])
