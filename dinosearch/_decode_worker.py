@@ -14,7 +14,10 @@ if multiprocessing.parent_process() is not None:
 from typing import Any  # noqa: E402
 
 from .decode import MAX_PIXELS, DecodeError, decode  # noqa: E402
+from .read import Unreadable, Vanished, content_hash, read_whole  # noqa: E402
 from .records import Preprocess  # noqa: E402
+
+VANISHED = "vanished"  # the failure kind of a file that is gone: not recorded as a failure
 
 
 def _limit_memory(limit: int | None) -> None:
@@ -56,7 +59,13 @@ def _inject_fault(data: bytes) -> None:
 
 
 def worker_main(conn: Any, pre: Preprocess, max_pixels: int = MAX_PIXELS, memory_limit: int | None = None) -> None:
-    """Decode (task_id, bytes) messages until a None arrives; answer each with exactly one message."""
+    """Decode (task_id, source) messages until a None arrives; answer each with exactly one message.
+
+    source: the file's bytes, or its path, which this worker then reads and hashes itself: the
+    indexing process never holds those bytes, so it is not the bottleneck when the model is fast.
+    Success: (task_id, True, pixels, width, height, format, read), read = (size, mtime_ns, hash) for
+    a path, else None. Failure: (task_id, False, kind, message).
+    """
     _limit_memory(memory_limit)
     # Codec warnings (corrupt EXIF, odd chunks) would interleave with the progress bar; what matters
     # about a file is its result, and a failure is recorded with its reason.
@@ -73,17 +82,28 @@ def worker_main(conn: Any, pre: Preprocess, max_pixels: int = MAX_PIXELS, memory
             return
         if msg is None:
             return
-        task_id, data = msg
+        task_id, source = msg
+        read = None
         try:
+            if isinstance(source, str):
+                f = read_whole(source)
+                data = f.data
+                read = (f.size, f.mtime_ns, content_hash(data))
+            else:
+                data = source
             if faults and data.startswith(FAULT_MAGIC):
                 _inject_fault(data)
             d = decode(data, pre, max_pixels=max_pixels)
-            reply: tuple = (task_id, True, d.pixels, d.width, d.height, d.format)
+            reply: tuple = (task_id, True, d.pixels, d.width, d.height, d.format, read)
+        except Vanished:
+            reply = (task_id, False, VANISHED, "")
+        except Unreadable as exc:
+            reply = (task_id, False, exc.kind, exc.message)
         except DecodeError as exc:
             reply = (task_id, False, exc.kind, exc.message)
         except MemoryError:
             reply = (task_id, False, "too-large", "ran out of memory decoding this image; downscale it and try again")
         except Exception as exc:  # noqa: BLE001 - a codec bug is still only this file's failure
             reply = (task_id, False, "corrupt", f"the decoder failed ({type(exc).__name__}); re-export the file")
-        del data
+        data = source = None  # type: ignore[assignment]  # don't hold the bytes while idle
         conn.send(reply)

@@ -1,16 +1,19 @@
-"""Index: walk -> skip unchanged -> read + hash -> reuse or decode -> embed -> write -> sweep -> report.
+"""Index: walk -> skip unchanged -> reuse or read + decode -> embed -> write -> sweep -> report.
 
 Cheapest first: size and mtime skip an unchanged file without opening it; a content hash already in
 the catalogue (a rename or a copy) reuses the stored vector without decoding; only new content meets
 the model. Rows are committed in chunks, so an interrupted run keeps what it finished.
+
+A file the size of one indexed under the same roots may be a rename or a copy: this process reads
+and hashes it first. Every other file goes to a decode worker by path, which reads, hashes and
+decodes it, so the bytes of new photos never pass through this process (at GPU speeds it would be
+the bottleneck); a copy of a file indexed elsewhere is still found by its hash before the model.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import queue
-import stat
 import threading
 import time
 from collections.abc import Callable
@@ -20,22 +23,18 @@ from typing import Any
 
 import numpy as np
 
+from ._decode_worker import VANISHED
 from .decode import MAX_PIXELS
 from .embed import Embedder
 from .errors import DinosearchError, PathNotFoundError
+from .read import Unreadable, Vanished, read_whole
+from .read import content_hash as content_hash  # re-exported: the hash the catalogue stores
 from .records import ImageFile, IndexReport
 from .store.catalogue import Catalogue, FailureRow, ImageRow, Known, vector_bytes
 from .walk import WalkResult, walk
 from .workers import DecodeFailed, Decoded, DecodePool
 
-MAX_FILE_BYTES = 1 << 30  # a larger "image" is refused before it is read into memory
-HASH = "blake2b-128"
-
 Progress = Callable[[int, int], None]  # (files done, files to do)
-
-
-def content_hash(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -65,36 +64,14 @@ class _Vanished:
 
 
 def read_file(f: ImageFile) -> _Read | _Failed | _Vanished:
-    """Read one file whole, with its identity taken from the same open descriptor as its bytes.
-
-    O_NONBLOCK: a file swapped for a FIFO after the walk must not hang the run.
-    """
+    """Read and hash one file in this process."""
     try:
-        fd = os.open(f.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    except FileNotFoundError:
+        r = read_whole(f.path)
+    except Vanished:
         return _Vanished(f)
-    except PermissionError:
-        return _Failed(f, "unreadable", "permission denied; make the file readable to index it")
-    except OSError as exc:
-        return _Failed(f, "unreadable", f"cannot open the file ({exc.strerror}); check it and run again")
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return _Vanished(f)
-        if st.st_size > MAX_FILE_BYTES:
-            return _Failed(f, "too-large", f"the file is {st.st_size >> 20} MiB, over the {MAX_FILE_BYTES >> 20} MiB limit")
-        chunks = []
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        data = b"".join(chunks)
-    except OSError as exc:
-        return _Failed(f, "unreadable", f"read error ({exc.strerror}); check the disk and run again")
-    finally:
-        os.close(fd)
-    return _Read(replace(f, size=st.st_size, mtime_ns=st.st_mtime_ns), content_hash(data), data)
+    except Unreadable as exc:
+        return _Failed(f, exc.kind, exc.message)
+    return _Read(replace(f, size=r.size, mtime_ns=r.mtime_ns), content_hash(r.data), r.data)
 
 
 @dataclass
@@ -153,8 +130,9 @@ def _under(path: str, root: str) -> bool:
 
 
 class _Reader(threading.Thread):
-    """Reads and hashes files ahead of the model, several at a time (hashing releases the GIL); a
-    content hash already in the catalogue short-cuts decoding."""
+    """Routes files ahead of the model. One the size of an indexed file is read and hashed here,
+    several at a time (hashing releases the GIL): a content hash already in the catalogue reuses its
+    vector. Any other file goes on by path, to be read by a decode worker."""
 
     def __init__(
         self,
@@ -163,9 +141,11 @@ class _Reader(threading.Thread):
         out: queue.Queue,
         need_decoder: threading.Event,
         threads: int = 2,
+        indexed_sizes: set[int] | None = None,
     ):
         super().__init__(name="dinosearch-read", daemon=True)
         self.catalogue, self.todo, self.out = catalogue, todo, out
+        self.indexed_sizes = indexed_sizes if indexed_sizes is not None else set()
         self.need_decoder = need_decoder
         self.threads = max(1, threads)
         self.decode_queue: queue.Queue = queue.Queue(maxsize=4)  # bounded: at most a few files in memory
@@ -179,6 +159,10 @@ class _Reader(threading.Thread):
                 for f in self.todo:
                     if self.stop.is_set():
                         return
+                    if f.size not in self.indexed_sizes:  # no indexed file has this content: decode it
+                        self.need_decoder.set()
+                        self._put(self.decode_queue, f)
+                        continue
                     pending.add(pool.submit(read_file, f))
                     if len(pending) >= 2 * self.threads:  # bounded read-ahead
                         done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -261,7 +245,8 @@ def run(
     out: queue.Queue = queue.Queue()
     need_decoder = threading.Event()
     cpus = os.cpu_count() or 1
-    reader = _Reader(catalogue, p.todo, out, need_decoder, threads=min(8, cpus))
+    sizes = {k.size for k in p.known.values()}
+    reader = _Reader(catalogue, p.todo, out, need_decoder, threads=min(8, cpus), indexed_sizes=sizes)
     pool: DecodePool | None = None
     feeder: threading.Thread | None = None
     embedder: Embedder | None = None
@@ -312,9 +297,19 @@ def run(
             last_item = time.monotonic()
             done += 1
             if isinstance(item, Decoded):
-                batch.append(item)
+                if item.read is not None:  # the worker read the file: the identity of the bytes it decoded
+                    size, mtime_ns, h = item.read
+                    item = replace(item, task=(replace(item.task[0], size=size, mtime_ns=mtime_ns), h))
+                    stored = catalogue.vector_for_hash(h)  # a copy of a file indexed under another root
+                else:
+                    stored = None
+                if stored is not None:
+                    pending_rows.append(row(*item.task, stored, width=item.width, height=item.height, format=item.format))
+                else:
+                    batch.append(item)
             elif isinstance(item, DecodeFailed):
-                fail(item.task[0], item.error, item.message)
+                if item.error != VANISHED:  # gone since the walk: the next run sweeps it
+                    fail(item.task[0], item.error, item.message)
             elif isinstance(item, _Reuse):
                 pending_rows.append(row(item.file, item.content_hash, item.vector))
             elif isinstance(item, _Failed):
@@ -348,7 +343,7 @@ def run(
 
 
 def _feed(reader: _Reader, pool: DecodePool) -> None:
-    """Move read files into the decode pool (blocks while the workers are busy: bounded memory)."""
+    """Move files into the decode pool (blocks while the workers are busy: bounded memory)."""
     while not reader.stop.is_set():
         try:
             r = reader.decode_queue.get(timeout=0.2)
@@ -356,4 +351,7 @@ def _feed(reader: _Reader, pool: DecodePool) -> None:
             if not reader.is_alive() and reader.decode_queue.empty():
                 return
             continue
-        pool.submit((r.file, r.content_hash), r.data)
+        if isinstance(r, _Read):
+            pool.submit((r.file, r.content_hash), r.data)
+        else:  # an ImageFile: the worker reads and hashes it
+            pool.submit((r, None), r.path)

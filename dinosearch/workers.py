@@ -34,6 +34,7 @@ class Decoded:
     width: int
     height: int
     format: str
+    read: tuple[int, int, str] | None = None  # (size, mtime_ns, content hash) when the worker read the file
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ class _Worker:
 
 
 class DecodePool:
-    """Submit (task, bytes); read Decoded / DecodeFailed records from `results`, one per task."""
+    """Submit (task, bytes or path); read Decoded / DecodeFailed records from `results`, one per task."""
 
     def __init__(
         self,
@@ -95,7 +96,7 @@ class DecodePool:
         self._inbox: queue.Queue = queue.Queue(maxsize=max(2, workers))
         self.results: queue.Queue = results if results is not None else queue.Queue()
         self._workers = [_Worker(self._ctx, self._args) for _ in range(max(1, workers))]
-        self._retry: list[tuple[Any, bytes]] = []  # tasks whose worker died before taking them
+        self._retry: list[tuple[Any, bytes | str]] = []  # tasks whose worker died before taking them
         self._stop = threading.Event()
         self.replaced = 0  # workers replaced after a crash or a timeout
         self._startup_failures = 0  # workers in a row that died before they were ready
@@ -108,11 +109,13 @@ class DecodePool:
         """Why no decode worker can start at all (every file then fails with this), else None."""
         return self._broken
 
-    def submit(self, task: Any, data: bytes) -> None:
-        """Blocks while every worker is busy and the inbox is full (bounded memory)."""
+    def submit(self, task: Any, source: bytes | str) -> None:
+        """Decode `source`: a file's bytes, or its path (read and hashed by the worker; see Decoded.read).
+
+        Blocks while every worker is busy and the inbox is full (bounded memory)."""
         while not self._stop.is_set():
             try:
-                self._inbox.put((task, data), timeout=0.2)
+                self._inbox.put((task, source), timeout=0.2)
                 return
             except queue.Full:
                 continue
@@ -155,14 +158,14 @@ class DecodePool:
             for i, w in enumerate(self._workers):
                 if w.ready and w.task is None and self.results.qsize() < self._max_ready:
                     try:
-                        task, data = self._retry.pop() if self._retry else self._inbox.get_nowait()
+                        task, source = self._retry.pop() if self._retry else self._inbox.get_nowait()
                     except queue.Empty:
                         break
                     try:
-                        w.conn.send((0, data))
+                        w.conn.send((0, source))
                     except (OSError, ValueError):  # the worker died while idle: retry on a fresh one
                         self._replace(i)
-                        self._retry.append((task, data))
+                        self._retry.append((task, source))
                         continue
                     w.task, w.deadline = task, time.monotonic() + self._timeout
             watched = [w for w in self._workers if w.task is not None or not w.ready]
@@ -188,7 +191,7 @@ class DecodePool:
                     if reply is not None and w.task is not None:
                         task, w.task = w.task, None
                         if reply[1]:
-                            self.results.put(Decoded(task, reply[2], reply[3], reply[4], reply[5]))
+                            self.results.put(Decoded(task, *reply[2:7]))
                         else:
                             self.results.put(DecodeFailed(task, reply[2], reply[3]))
                         continue

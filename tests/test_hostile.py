@@ -463,6 +463,28 @@ def test_crash_hang_and_memory_blowup_cost_one_file_each(monkeypatch: pytest.Mon
     assert pool.replaced >= 3
 
 
+def test_workers_read_files_by_path_with_the_identity_of_what_they_read(tmp_path: Path) -> None:
+    from dinosearch.read import content_hash
+    from dinosearch.workers import DecodeFailed, Decoded, DecodePool
+
+    good = tmp_path / "good.jpg"
+    good.write_bytes(jpeg_bytes(photo(96, 64, seed=4)))
+    (tmp_path / "folder.jpg").mkdir()
+    os.mkfifo(tmp_path / "fifo.jpg")  # nobody writes to it: a blocking open would hang the worker
+    (tmp_path / "text.jpg").write_text("not an image")
+    tasks = {name: str(tmp_path / name) for name in ("good.jpg", "gone.jpg", "folder.jpg", "fifo.jpg", "text.jpg")}
+    with DecodePool(PRE, workers=2, timeout=10) as pool:
+        for name, path in tasks.items():
+            pool.submit(name, path)
+        results = {r.task: r for r in (pool.results.get(timeout=60) for _ in tasks)}
+    st = good.stat()
+    assert isinstance(results["good.jpg"], Decoded)
+    assert results["good.jpg"].read == (st.st_size, st.st_mtime_ns, content_hash(good.read_bytes()))
+    for name in ("gone.jpg", "folder.jpg", "fifo.jpg"):
+        assert isinstance(results[name], DecodeFailed) and results[name].error == "vanished"
+    assert isinstance(results["text.jpg"], DecodeFailed) and results["text.jpg"].error == "not-an-image"
+
+
 def _never_starts(*args) -> None:
     os._exit(7)  # a worker whose interpreter or imports are broken
 
@@ -537,31 +559,57 @@ def test_files_rewritten_or_deleted_between_walk_and_read(tmp_path: Path, tiny_m
         assert (again.added, again.updated, again.unchanged) == (0, 0, 2)
 
 
-def test_file_rewritten_after_its_bytes_were_read(tmp_path: Path, tiny_model: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The row holds the version that was read (hash, size, mtime and vector agree); the next run sees the change."""
+@pytest.mark.parametrize("route", ["read-here", "read-by-worker"])
+def test_file_rewritten_after_its_bytes_were_read(tmp_path: Path, tiny_model: str, monkeypatch: pytest.MonkeyPatch, route: str) -> None:
+    """The row holds the version that was read (hash, size, mtime and vector agree); the next run sees the change.
+
+    read-here: a file the size of an indexed one (a possible copy) is read and hashed by the indexing
+    process; read-by-worker: any other file is read by its decode worker."""
     import dinosearch.index as indexer
     from dinosearch import Index
+    from dinosearch.store.catalogue import Catalogue
 
     root = tmp_path / "photos"
     root.mkdir()
     a = root / "a.jpg"
     old, new = jpeg_bytes(photo(160, 120, seed=70)), jpeg_bytes(photo(320, 240, seed=71))
+    if route == "read-here":
+        (root / "twin.jpg").write_bytes(old)  # indexed first: a.jpg then has an indexed file's size
+        with Index(tmp_path / "index", model=tiny_model, workers=1) as ix:
+            ix.add(root)
     a.write_bytes(old)
     os.utime(a, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
-    real_read = indexer.read_file
+    rewritten = []
 
-    def read_then_rewrite(f):
-        r = real_read(f)
-        a.write_bytes(new)  # during decode
-        return r
+    def rewrite() -> None:
+        if not rewritten:
+            a.write_bytes(new)
+            rewritten.append(True)
 
-    monkeypatch.setattr(indexer, "read_file", read_then_rewrite)
+    if route == "read-here":
+        real_read = indexer.read_file
+
+        def read_then_rewrite(f):
+            r = real_read(f)
+            rewrite()  # before its vector is looked up or it is decoded
+            return r
+
+        monkeypatch.setattr(indexer, "read_file", read_then_rewrite)
+    else:
+        real_lookup = Catalogue.vector_for_hash
+
+        def rewrite_then_look_up(self, h):
+            rewrite()  # the worker has read and decoded it; the row is not written yet
+            return real_lookup(self, h)
+
+        monkeypatch.setattr(Catalogue, "vector_for_hash", rewrite_then_look_up)
     with Index(tmp_path / "index", model=tiny_model, workers=1) as ix:
-        ix.add(root)
+        assert ix.add(root).added == 1
+        assert rewritten
         known, vector = ix.catalogue.lookup_path(str(a))
         assert (known.content_hash, known.size, known.mtime_ns) == (_blake(old), len(old), 1_600_000_000_000_000_000)
         assert float(vector @ ix.vector_of_bytes(old)) > 0.9999
-    monkeypatch.setattr(indexer, "read_file", real_read)
+    monkeypatch.undo()
     with Index(tmp_path / "index", model=tiny_model, workers=1) as ix:
         assert ix.add(root).updated == 1
         known, vector = ix.catalogue.lookup_path(str(a))

@@ -95,6 +95,43 @@ def test_rename_and_copy_reuse_the_vector(ix: Index, tmp_path: Path) -> None:
     consistent(ix)
 
 
+def test_new_photos_are_read_by_the_workers_and_possible_copies_here(
+    ix: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a file the size of an indexed one is read by the indexing process (to find a rename
+    without decoding); new photos go to the decode workers by path, and get their identity there."""
+    import dinosearch.index as indexer
+
+    read_here: list[str] = []
+    real_read = indexer.read_file
+    monkeypatch.setattr(indexer, "read_file", lambda f: read_here.append(f.path) or real_read(f))
+    files = make_tree(tmp_path / "photos")
+    r = ix.add(tmp_path / "photos")
+    assert (r.added, r.embedded, read_here) == (4, 4, [])
+    for f in files:
+        known, _ = ix.catalogue.lookup_path(str(f))
+        st = f.stat()
+        assert (known.size, known.mtime_ns, known.content_hash) == (st.st_size, st.st_mtime_ns, indexer.content_hash(f.read_bytes()))
+    renamed = files[0].with_name("moved.jpg")
+    files[0].rename(renamed)
+    r = ix.add(tmp_path / "photos")
+    assert (r.added, r.removed, r.embedded, read_here) == (1, 1, 0, [str(renamed)])
+    consistent(ix)
+
+
+def test_a_copy_of_a_photo_indexed_under_another_root_is_not_embedded_again(ix: Index, tmp_path: Path) -> None:
+    files = make_tree(tmp_path / "a")
+    ix.add(tmp_path / "a")
+    (tmp_path / "b").mkdir()
+    shutil.copy(files[2], tmp_path / "b" / "same.jpg")
+    save(photo(320, 240, seed=99), tmp_path / "b" / "other.jpg", quality=90)
+    r = ix.add(tmp_path / "b")
+    assert (r.added, r.embedded) == (2, 1)  # the copy took the stored vector, found by its hash
+    copy, original = ix.catalogue.lookup_path(str(tmp_path / "b" / "same.jpg")), ix.catalogue.lookup_path(str(files[2]))
+    assert np.array_equal(copy[1], original[1]) and copy[0].content_hash == original[0].content_hash
+    consistent(ix)
+
+
 def test_deleted_files_are_removed(ix: Index, tmp_path: Path) -> None:
     files = make_tree(tmp_path / "photos")
     ix.add(tmp_path / "photos")

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..api import Index
 from ..decode import DecodeError, decode
-from ..index import content_hash
+from ..read import content_hash
 from ..records import Preprocess
 from ..store.catalogue import vector_from
 

@@ -49,6 +49,7 @@ def run(args: dict) -> dict:
     rss = RssSampler(interval=args.get("rss_interval", 0.1)).start()
     gpu = GpuSampler().start() if args.get("device") == "cuda" else None
     marks: list[tuple[float, int]] = []
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)  # imports done: what follows is the run's own CPU
     t0 = time.perf_counter()
 
     def progress(done: int, total: int) -> None:
@@ -60,6 +61,7 @@ def run(args: dict) -> dict:
             model=args["model"],
             device=args.get("device", "auto"),
             precision=args.get("precision", "auto"),
+            backend=args.get("backend", "torch"),
             batch_size=args.get("batch_size"),
             workers=args.get("workers"),
         )
@@ -105,6 +107,7 @@ def run(args: dict) -> dict:
         "ru_maxrss_self_mib": _ru_mib(self_ru.ru_maxrss),
         "ru_maxrss_children_mib": _ru_mib(kids_ru.ru_maxrss),
         "cpu_self_s": self_ru.ru_utime + self_ru.ru_stime,
+        "cpu_run_s": self_ru.ru_utime + self_ru.ru_stime - cpu0.ru_utime - cpu0.ru_stime,
         "cpu_children_s": kids_ru.ru_utime + kids_ru.ru_stime,
         "rss": rss_summary,
         "gpu": gpu_summary,

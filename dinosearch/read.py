@@ -1,0 +1,68 @@
+"""Read one file whole, and name its content. Standard library only: decode workers import it too.
+
+The size and mtime of a read come from the same open descriptor as its bytes, so a row never pairs
+one version's vector with another version's identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+
+MAX_FILE_BYTES = 1 << 30  # a larger "image" is refused before it is read into memory
+HASH = "blake2b-128"
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True)
+class FileBytes:
+    size: int
+    mtime_ns: int
+    data: bytes
+
+
+class Vanished(Exception):
+    """Gone, or no longer a regular file, since the walk: nothing to record; the next run sweeps it."""
+
+
+class Unreadable(Exception):
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind, self.message = kind, message
+
+
+def read_whole(path: str) -> FileBytes:
+    """The file's bytes with the size and mtime they had. Raises Vanished or Unreadable.
+
+    O_NONBLOCK: a file swapped for a FIFO after the walk must not hang the run.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise Vanished(path) from None
+    except PermissionError:
+        raise Unreadable("unreadable", "permission denied; make the file readable to index it") from None
+    except OSError as exc:
+        raise Unreadable("unreadable", f"cannot open the file ({exc.strerror}); check it and run again") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Vanished(path)
+        if st.st_size > MAX_FILE_BYTES:
+            raise Unreadable("too-large", f"the file is {st.st_size >> 20} MiB, over the {MAX_FILE_BYTES >> 20} MiB limit")
+        chunks = []
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return FileBytes(st.st_size, st.st_mtime_ns, b"".join(chunks))
+    except OSError as exc:
+        raise Unreadable("unreadable", f"read error ({exc.strerror}); check the disk and run again") from None
+    finally:
+        os.close(fd)
