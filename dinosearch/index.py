@@ -116,13 +116,23 @@ def plan(catalogue: Catalogue, roots: list[str], *, follow_symlinks: bool = Fals
             k = known.get(f.path)
             if k is not None and k.size == f.size and k.mtime_ns == f.mtime_ns:
                 unchanged += 1
-            elif k is None and known_failed.get(f.path) == (f.size, f.mtime_ns):
+            elif k is None and _failed_for_good(known_failed.get(f.path), f):
                 failed_unchanged += 1
             else:
                 todo.append(f)
     gone = [p for p in known if p not in seen and not any(_under(p, r) for r in protected)]
     gone_failures = [p for p in known_failed if p not in seen and not any(_under(p, r) for r in protected)]
     return Plan(todo, known, unchanged, failed_unchanged, gone, gone_failures, warnings)
+
+
+# Failures tried again on every run even when the file is unchanged: the fix (chmod) leaves its mtime
+# as it was, and a refused open costs nothing.
+RETRY_EVERY_RUN = frozenset({"unreadable"})
+
+
+def _failed_for_good(failed: tuple[int, int, str] | None, f: ImageFile) -> bool:
+    """Whether a file failed before as it is now, in a way that trying again cannot change."""
+    return failed is not None and failed[:2] == (f.size, f.mtime_ns) and failed[2] not in RETRY_EVERY_RUN
 
 
 def _under(path: str, root: str) -> bool:

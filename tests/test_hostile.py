@@ -359,6 +359,13 @@ def test_unreadable_file_and_folder(run: Run) -> None:
     assert "permission denied" in failures[str(secret)]["message"]
     assert str(locked / "inside.jpg") in run.indexed()  # never swept for being out of sight
 
+    # Made readable again (chmod leaves the mtime as it was): the next run indexes it.
+    again = run.cli("index", str(run.root), "--json")
+    assert json.loads(again.stdout)["added"] >= 1
+    run._failures = None
+    assert str(secret) not in run.failures()
+    assert str(secret) in run.indexed()
+
 
 # Unit level: what the folder above cannot show -------------------------------------------------------
 def test_first_frame_and_first_page_only() -> None:
