@@ -61,10 +61,14 @@ def _err(message: str) -> None:
     typer.echo(f"dinosearch: {_safe(message)}", err=True)
 
 
+def _index_dir(index: Optional[Path]) -> Path:
+    return index or settings.default_index_dir()
+
+
 def _open(index: Optional[Path], *, create: bool, **kwargs: Any) -> "Index":
     from .api import Index
 
-    return Index(index or settings.default_index_dir(), create=create, **kwargs)
+    return Index(_index_dir(index), create=create, **kwargs)
 
 
 def _run(fn: Any) -> Any:
@@ -160,7 +164,7 @@ def stats(index: Optional[Path] = IndexOpt, as_json: bool = JsonOpt) -> None:
         from .store.quick import quick_stats
 
         # Most of the time SQLite alone answers, without importing SQLAlchemy or NumPy.
-        s = quick_stats(index or settings.default_index_dir())
+        s = quick_stats(_index_dir(index))
         if s is None:
             with _open(index, create=False) as ix:
                 s = ix.stats()
@@ -286,7 +290,7 @@ def serve(
         from .web.settings import ENV_VAR, WebSettings, check_bind
 
         check_bind(host, api_key, insecure_no_api_key)
-        directory = index or settings.default_index_dir()
+        directory = _index_dir(index)
         _open(directory, create=False).close()  # a missing index fails here, in one line
         web = WebSettings(
             index_dir=str(directory), model=model or settings.model_from_env(), device=device.value, host=host,

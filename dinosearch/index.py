@@ -150,12 +150,12 @@ class _Reader(threading.Thread):
         todo: list[ImageFile],
         out: queue.Queue,
         need_decoder: threading.Event,
+        indexed_sizes: set[int],
         threads: int = 2,
-        indexed_sizes: set[int] | None = None,
     ):
         super().__init__(name="dinosearch-read", daemon=True)
         self.catalogue, self.todo, self.out = catalogue, todo, out
-        self.indexed_sizes = indexed_sizes if indexed_sizes is not None else set()
+        self.indexed_sizes = indexed_sizes
         self.need_decoder = need_decoder
         self.threads = max(1, threads)
         self.decode_queue: queue.Queue = queue.Queue(maxsize=4)  # bounded: at most a few files in memory
@@ -256,7 +256,7 @@ def run(
     need_decoder = threading.Event()
     cpus = os.cpu_count() or 1
     sizes = {k.size for k in p.known.values()}
-    reader = _Reader(catalogue, p.todo, out, need_decoder, threads=min(8, cpus), indexed_sizes=sizes)
+    reader = _Reader(catalogue, p.todo, out, need_decoder, sizes, threads=min(8, cpus))
     pool: DecodePool | None = None
     feeder: threading.Thread | None = None
     embedder: Embedder | None = None

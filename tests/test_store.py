@@ -12,6 +12,7 @@ from sqlalchemy import create_engine
 from dinosearch.errors import SchemaTooNewError
 from dinosearch.store import vectors as vector_store
 from dinosearch.store.catalogue import Catalogue, ImageRow, vector_bytes
+from dinosearch.store.layout import peek_vectors
 from dinosearch.store.migrate import head
 from dinosearch.store.schema import SCHEMA_REVISION, metadata
 
@@ -100,7 +101,7 @@ def test_header_peek_agrees_with_faiss(tmp_path: Path) -> None:
     cat = Catalogue(tmp_path / "ix")
     _fill(cat, 7)
     gen = vector_store.save(vector_store.build(cat, 8), cat, 8, cat.version())
-    assert vector_store.peek_vectors(vector_store.vectors_file(cat.dir, gen)) == (8, 7)
+    assert peek_vectors(vector_store.vectors_file(cat.dir, gen)) == (8, 7)
     assert vector_store.count_if_current(cat, 8) == 7
     cat.remove(["/p/1.jpg"])
     assert vector_store.count_if_current(cat, 8) is None  # stale: stats loads (and rebuilds) instead

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, Integer, Text, bindparam, cast, create_engine, de
 from ..errors import DinosearchError, SchemaTooNewError
 from ..records import Failure
 from . import schema
-from .layout import DB_NAME, VERSION_KEY
+from .layout import DB_NAME, VERSION_KEY, disk_bytes
 from .lock import WriterLock
 from .schema import failures, images, settings
 
@@ -341,7 +341,7 @@ class Catalogue:
             return np.fromiter((r[0] for r in conn.execute(q)), dtype=np.int64)
 
     def disk_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.dir.iterdir() if p.is_file())
+        return disk_bytes(self.dir)
 
 
 def _bump(conn: Any) -> None:

@@ -2,7 +2,7 @@
 
     catalogue.sqlite3        SQLite (WAL): images, failures, settings, alembic_version
     vectors-<gen>.faiss      FAISS IndexIDMap2 over IndexFlatIP, keyed by the images row id
-    .lock                    the writer lock
+    writer.lock              the writer lock (held by `index` while it writes)
 
 Commands that must start fast (`stats`) read these with the standard library alone.
 """
@@ -13,6 +13,7 @@ import struct
 from pathlib import Path
 
 DB_NAME = "catalogue.sqlite3"
+LOCK_NAME = "writer.lock"
 
 # The Alembic revision this code writes. A database at another known revision is migrated on open;
 # one at an unknown revision was written by a newer dinosearch and is refused.
@@ -43,3 +44,22 @@ def peek_vectors(path: Path) -> tuple[int, int] | None:
     if len(head) < 16 or head[:4] != b"IxM2":
         return None
     return struct.unpack("<iq", head[4:16])
+
+
+def vectors_current(index_dir: Path, state: dict, *, version: int, dim: int, images: int) -> bool:
+    """Whether the FAISS file SQLite last recorded (`state`, the GENERATION_KEY setting) was written at
+    this catalogue `version` and holds `images` vectors of `dim`, by its own header too."""
+    if state.get("version") != version or state.get("dim") != dim or state.get("count") != images:
+        return False
+    return peek_vectors(vectors_file(index_dir, int(state.get("generation", 0)))) == (dim, images)
+
+
+def disk_bytes(index_dir: Path) -> int:
+    """The size of the files in the index directory."""
+    total = 0
+    for p in Path(index_dir).iterdir():
+        try:
+            total += p.stat().st_size if p.is_file() else 0
+        except OSError:  # removed meanwhile (an old FAISS generation being cleared)
+            pass
+    return total

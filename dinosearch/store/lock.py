@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 from ..errors import DinosearchError, IndexLockedError
+from .layout import LOCK_NAME
 
-LOCK_NAME = "writer.lock"
 MAX_CMD = 400  # characters of the holder's command line kept in the lock file
 
 

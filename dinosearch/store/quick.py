@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..records import Stats
-from .layout import DB_NAME, GENERATION_KEY, INDEX_TYPE, MODEL_KEY, SCHEMA_REVISION, VERSION_KEY, peek_vectors, vectors_file
+from .layout import DB_NAME, GENERATION_KEY, INDEX_TYPE, MODEL_KEY, SCHEMA_REVISION, VERSION_KEY, disk_bytes, vectors_current
 
 
 def quick_stats(index_dir: Path) -> Stats | None:
@@ -48,32 +48,17 @@ def quick_stats(index_dir: Path) -> Stats | None:
         conn.close()
 
     model = settings.get(MODEL_KEY) or None
-    vectors = 0
     if model is not None:
-        state = settings.get(GENERATION_KEY) or {}
-        dim = model.get("dim")
         version = int(settings.get(VERSION_KEY) or 0)
-        if state.get("version") != version or state.get("dim") != dim or state.get("count") != images:
+        current = vectors_current(index_dir, settings.get(GENERATION_KEY) or {}, version=version, dim=model.get("dim"), images=images)
+        if not current:
             return None  # the FAISS file is behind SQLite: the full path rebuilds it
-        if peek_vectors(vectors_file(index_dir, int(state.get("generation", 0)))) != (dim, images):
-            return None
-        vectors = images
     return Stats(
         images=images,
-        vectors=vectors,
+        vectors=images if model is not None else 0,
         failed=failed,
         model=model.get("model") if model else None,
         dim=model.get("dim") if model else None,
         index_type=INDEX_TYPE,
-        bytes=_disk_bytes(index_dir),
+        bytes=disk_bytes(index_dir),
     )
-
-
-def _disk_bytes(index_dir: Path) -> int:
-    total = 0
-    for p in index_dir.iterdir():
-        try:
-            total += p.stat().st_size if p.is_file() else 0
-        except OSError:  # removed meanwhile (an old FAISS generation being cleared)
-            pass
-    return total

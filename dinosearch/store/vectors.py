@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import DinosearchError
 from .catalogue import Catalogue
-from .layout import GENERATION_KEY, peek_vectors, vectors_file
+from .layout import GENERATION_KEY, vectors_current, vectors_file
 
 
 def _faiss() -> Any:
@@ -42,12 +42,8 @@ def count_if_current(catalogue: Catalogue, dim: int) -> int | None:
     Lets `stats` answer without loading FAISS; anything doubtful goes through `load` instead.
     """
     state = catalogue.get_setting(GENERATION_KEY) or {}
-    if state.get("version") != catalogue.version() or state.get("dim") != dim:
-        return None
-    header = peek_vectors(vectors_file(catalogue.dir, int(state.get("generation", 0))))
-    if header is None or header != (dim, state.get("count")) or header[1] != catalogue.count_images():
-        return None
-    return header[1]
+    images = catalogue.count_images()
+    return images if vectors_current(catalogue.dir, state, version=catalogue.version(), dim=dim, images=images) else None
 
 
 def empty_index(dim: int) -> Any:

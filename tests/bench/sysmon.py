@@ -128,19 +128,8 @@ def descendants(pid: int) -> list[int]:
 
 def tree_rss_kb(pid: int) -> tuple[int, int, int]:
     """(RSS of pid, summed RSS of its descendants, number of descendants), in KiB (0 where unknown)."""
-    own = _rss_kb(pid)
-    total = count = 0
-    stack = _children(pid)
-    seen: set[int] = set()
-    while stack:
-        c = stack.pop()
-        if c in seen:
-            continue
-        seen.add(c)
-        total += _rss_kb(c)
-        count += 1
-        stack.extend(_children(c))
-    return own, total, count
+    kids = descendants(pid)
+    return _rss_kb(pid), sum(_rss_kb(c) for c in kids), len(kids)
 
 
 class RssSampler:
