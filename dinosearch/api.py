@@ -26,7 +26,7 @@ from .records import Failure, Hit, IndexReport, ModelFingerprint, Stats
 from .search import mean_query, search
 from .store import vectors as vector_store
 from .store.catalogue import Catalogue, vector_from
-from .store.layout import DB_NAME, GENERATION_KEY, INDEX_TYPE, MODEL_KEY, vectors_file
+from .store.layout import CACHE_DIR, DB_NAME, GENERATION_KEY, INDEX_TYPE, MODEL_KEY, vectors_file
 from .store.lock import WriterLock
 
 # decode (Pillow) and index (the pipeline) are imported where used: `stats` and queries by indexed
@@ -103,6 +103,7 @@ class Index:
                     precision=self._precision,
                     batch_size=self._batch_size,
                     backend=self._backend,
+                    cache_dir=self.dir / CACHE_DIR,
                 )
             if not self._checked:
                 self._checked = self._check_model(self._embedder.fingerprint, record=record)

@@ -36,6 +36,7 @@ class Backend(str, Enum):
     torch = "torch"
     compile = "compile"
     openvino = "openvino"
+    onnxruntime = "onnxruntime"
 
 
 class Precision(str, Enum):
@@ -43,15 +44,17 @@ class Precision(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"
+    int8 = "int8"
 
 
 BackendOpt = typer.Option(
     Backend.torch, "--backend", envvar="DINOSEARCH_BACKEND",
-    help="How the model runs: torch, compile (torch.compile) or openvino (CPU; pip install 'dinosearch[openvino]')",
+    help="How the model runs: torch, compile (torch.compile), openvino or onnxruntime "
+    "(both CPU only; pip install 'dinosearch[openvino]' or 'dinosearch[onnxruntime]')",
 )
 PrecisionOpt = typer.Option(
     Precision.auto, "--precision", envvar="DINOSEARCH_PRECISION",
-    help="auto: bf16/fp16 on a GPU, bf16 on CPUs with native bf16, else fp32",
+    help="auto: bf16/fp16 on a GPU, bf16 on CPUs with native bf16, else fp32; int8 with --backend onnxruntime",
 )
 IndexOpt = typer.Option(None, "--index", help="Index directory [default: $DINOSEARCH_INDEX, else a per-user data dir]")
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of text")
@@ -277,6 +280,8 @@ def serve(
         None, "--model", help="Model for uploaded images (default: the one the index was made with)"
     ),
     device: Device = typer.Option(Device.auto, "--device", help="Where the model runs"),
+    backend: Backend = BackendOpt,
+    precision: Precision = PrecisionOpt,
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.01, help="Largest request body, in MB"),
     max_megapixels: float = typer.Option(50.0, "--max-megapixels", min=0.01, help="Largest uploaded image, in megapixels"),
     queue_size: int = typer.Option(32, "--queue-size", min=1, help="Uploads in flight before the server answers 503"),
@@ -287,13 +292,17 @@ def serve(
         import os
 
         # Settings only: the app itself is imported by uvicorn from the string below.
+        from .accel import backend_device, check_backend
         from .web.settings import ENV_VAR, WebSettings, check_bind
 
         check_bind(host, api_key, insecure_no_api_key)
+        # The model loads once the server is up: refuse an impossible backend now, in one line.
+        check_backend(backend.value, backend_device(backend.value, device.value), precision.value)
         directory = _index_dir(index)
         _open(directory, create=False).close()  # a missing index fails here, in one line
         web = WebSettings(
-            index_dir=str(directory), model=model or settings.model_from_env(), device=device.value, host=host,
+            index_dir=str(directory), model=model or settings.model_from_env(), device=device.value,
+            backend=backend.value, precision=precision.value, host=host,
             port=port, api_key=api_key or None, allowed_hosts=tuple(allowed_host or ()),
             insecure_no_api_key=insecure_no_api_key, max_body_bytes=int(max_upload_mb * 1024 * 1024),
             max_pixels=int(max_megapixels * 1_000_000), queue_size=queue_size,

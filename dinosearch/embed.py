@@ -8,6 +8,7 @@ when a model is actually loaded, so commands that need no model start fast.
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -62,8 +63,8 @@ def resolve_precision(precision: str, device: str) -> str:
     import torch
 
     if precision != "auto":
-        if precision not in ("fp32", "bf16", "fp16"):
-            raise ModelLoadError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
+        if precision not in ("fp32", "bf16", "fp16", "int8"):
+            raise ModelLoadError(f"unknown precision {precision!r}; use auto, fp32, bf16, fp16 or int8")
         return precision
     if device == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -120,9 +121,11 @@ class Dinov2Embedder:
 
     Never falls back to anything else: a model that cannot be loaded is a ModelLoadError that says
     how to get the weights. `backend` picks how the forward pass runs (dinosearch.accel: "torch",
-    "compile" or "openvino"); a backend that cannot run is a ModelLoadError too, never a fallback.
+    "compile", "openvino" or "onnxruntime"); a backend that cannot run is a ModelLoadError too, never a fallback.
     `precision` is then the precision in effect, and the fingerprint records backend and precision
-    ("bf16" for eager torch as before, "openvino-bf16", ...), for information: it is not part of key().
+    ("bf16" for eager torch as before, "openvino-bf16", "onnxruntime-int8", ...), for information: it is not part of key().
+    `cache_dir`: where a backend that converts the model keeps the result for the next load (the
+    onnxruntime export); None converts on every load.
     """
 
     def __init__(
@@ -133,19 +136,21 @@ class Dinov2Embedder:
         precision: str = "auto",
         batch_size: int | None = None,
         backend: str = "torch",
+        cache_dir: str | os.PathLike[str] | None = None,
     ):
         import torch
         from transformers import AutoImageProcessor, AutoModel
         from transformers.utils import logging as hf_logging
 
-        from .accel import build_forward, check_backend
+        from .accel import backend_device, build_forward, check_backend
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-        if backend == "openvino" and device == "auto":
-            device = "cpu"  # OpenVINO runs on the CPU here; an explicit other device is an error below
+        device = backend_device(backend, device)  # an explicit device they can't use is an error below
         check_backend(backend, device, precision)  # before the (slow) load
         self.device = resolve_device(device)
+        if backend == "onnxruntime" and precision == "auto":
+            precision = "fp32"  # int8 changes the vectors a little: only when asked for
         self.precision = resolve_precision(precision, self.device)
         try:
             net, processor = _from_pretrained(model, AutoModel, AutoImageProcessor)
@@ -164,6 +169,7 @@ class Dinov2Embedder:
             precision=self.precision,
             device=self.device,
             image_size=(self.preprocess.crop_height, self.preprocess.crop_width),
+            cache=(os.fspath(cache_dir), weights) if cache_dir is not None else None,
         )
         self.backend = backend
         self.precision = self._forward.precision  # in effect (OpenVINO runs fp32 where the CPU has no bf16)

@@ -20,6 +20,9 @@ from .images import jpeg_bytes, photo
 
 HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
 needs_openvino = pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino is not installed (pip install 'dinosearch[openvino]')")
+# Installed with the test extra, so CI runs these; skipped only where someone installed less.
+HAVE_ORT = all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+needs_ort = pytest.mark.skipif(not HAVE_ORT, reason="onnxruntime is not installed (pip install 'dinosearch[onnxruntime]')")
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +40,8 @@ def reference(tiny_model: str) -> tuple[np.ndarray, np.ndarray]:
         ("compile", "bf16"),
         pytest.param("openvino", "fp32", marks=needs_openvino),
         pytest.param("openvino", "bf16", marks=needs_openvino),
+        pytest.param("onnxruntime", "fp32", marks=needs_ort),
+        pytest.param("onnxruntime", "int8", marks=needs_ort),
     ],
 )
 def test_backend_matches_eager_fp32(tiny_model: str, reference: tuple[np.ndarray, np.ndarray], backend: str, precision: str) -> None:
@@ -63,6 +68,42 @@ def test_fingerprint_records_backend_but_still_matches_the_index(tiny_model: str
     assert bf16.fingerprint.precision == f"openvino-{bf16.precision}"
 
 
+@needs_ort
+def test_onnxruntime_is_fp32_unless_int8_is_asked_for(tiny_model: str, reference: tuple[np.ndarray, np.ndarray]) -> None:
+    pixels, ref = reference
+    plain = Dinov2Embedder(tiny_model, device="auto", backend="onnxruntime")  # auto device, auto precision
+    assert plain.device == "cpu" and plain.precision == "fp32" and plain.fingerprint.precision == "onnxruntime-fp32"
+    np.testing.assert_allclose(plain.embed(pixels), ref, atol=1e-4)  # the same graph: fp32 agrees closely
+    int8 = Dinov2Embedder(tiny_model, device="cpu", precision="int8", backend="onnxruntime")
+    assert int8.fingerprint.precision == "onnxruntime-int8"
+    assert int8.fingerprint.key() == plain.fingerprint.key()  # informational: one index, any backend
+    assert not np.allclose(int8.embed(pixels), ref, atol=1e-4)  # it really runs quantised
+
+
+@needs_ort
+def test_onnxruntime_int8_leaves_logging_alone(tiny_model: str) -> None:
+    """The quantiser logs through the root logger; building the backend must not add a handler to it
+    (a library caller's logging stays theirs) nor leave its level changed."""
+    code = (
+        "import logging\n"
+        "from dinosearch.embed import Dinov2Embedder\n"
+        f"Dinov2Embedder({tiny_model!r}, device='cpu', precision='int8', backend='onnxruntime')\n"
+        "root = logging.getLogger()\n"
+        "print(len(root.handlers), root.level)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.split() == ["0", str(30)], out.stdout  # no handler, WARNING as Python starts
+    assert "quantization" not in out.stderr.lower(), out.stderr
+
+
+def test_missing_onnxruntime_is_one_clear_error(tiny_model: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ModelLoadError) as err:
+        Dinov2Embedder(tiny_model, device="cpu", backend="onnxruntime", precision="int8")
+    message = str(err.value)
+    assert "pip install 'dinosearch[onnxruntime]'" in message and "\n" not in message
+
+
 def test_eager_bf16_fingerprint_is_unchanged(tiny_model: str) -> None:
     assert Dinov2Embedder(tiny_model, device="cpu", precision="bf16").fingerprint.precision == "bf16"
 
@@ -81,6 +122,11 @@ def test_missing_openvino_is_one_clear_error(tiny_model: str, monkeypatch: pytes
         (dict(backend="tensorrt"), "unknown backend"),
         (dict(backend="openvino", device="cuda"), "CPU only"),
         (dict(backend="openvino", device="cpu", precision="fp16"), "fp32 or bf16"),
+        (dict(backend="onnxruntime", device="cuda"), "CPU only"),
+        (dict(backend="onnxruntime", device="cpu", precision="bf16"), "fp32 or int8"),
+        (dict(backend="torch", device="cpu", precision="int8"), "needs --backend onnxruntime"),
+        (dict(backend="openvino", device="cpu", precision="int8"), "needs --backend onnxruntime"),
+        (dict(precision="int4"), "unknown precision"),
     ],
 )
 def test_impossible_backend_choices_fail_before_loading(kwargs: dict, words: str, tmp_path: Path) -> None:
@@ -114,3 +160,61 @@ def test_native_bf16_is_a_bool() -> None:
     from dinosearch.accel import native_bf16
 
     assert isinstance(native_bf16(), bool)
+
+
+@needs_ort
+def test_onnxruntime_keeps_its_export_for_the_next_load(tiny_model: str, reference: tuple[np.ndarray, np.ndarray],
+                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    pixels, _ = reference
+    cache = tmp_path / "cache"
+    first = Dinov2Embedder(tiny_model, device="cpu", precision="int8", backend="onnxruntime", cache_dir=cache)
+    [entry] = cache.iterdir()  # one entry, nothing half-built left beside it
+    assert entry.name.startswith("onnx-int8-") and [p.name for p in entry.iterdir()] == ["model.onnx"]
+    expected = first.embed(pixels)
+
+    def no_export(*args: object, **kwargs: object) -> None:
+        raise AssertionError("exported again despite the cache")
+
+    monkeypatch.setattr(torch.onnx, "export", no_export)
+    again = Dinov2Embedder(tiny_model, device="cpu", precision="int8", backend="onnxruntime", cache_dir=cache)
+    np.testing.assert_array_equal(again.embed(pixels), expected)
+    monkeypatch.undo()
+
+    # A damaged entry is built anew, not an error; fp32 gets an entry of its own.
+    (entry / "model.onnx").write_bytes(b"not an onnx model")
+    mended = Dinov2Embedder(tiny_model, device="cpu", precision="int8", backend="onnxruntime", cache_dir=cache)
+    np.testing.assert_array_equal(mended.embed(pixels), expected)
+    Dinov2Embedder(tiny_model, device="cpu", precision="fp32", backend="onnxruntime", cache_dir=cache)
+    assert sorted(p.name.split("-")[1] for p in cache.iterdir()) == ["fp32", "int8"]
+
+
+@needs_ort
+def test_onnxruntime_without_a_writable_cache_still_runs(tiny_model: str, reference: tuple[np.ndarray, np.ndarray],
+                                                         tmp_path: Path) -> None:
+    pixels, ref = reference
+    blocked = tmp_path / "cache"
+    blocked.write_text("a file where the cache folder would go")  # as unwritable as it gets, even for root
+    e = Dinov2Embedder(tiny_model, device="cpu", backend="onnxruntime", cache_dir=blocked)
+    np.testing.assert_allclose(e.embed(pixels), ref, atol=1e-4)
+    assert blocked.read_text().startswith("a file")
+
+
+@needs_ort
+def test_int8_keeps_the_patch_embedding_and_first_two_layers_in_fp32(tmp_path: Path) -> None:
+    import collections
+
+    import onnx
+    from transformers import Dinov2Config, Dinov2Model
+
+    from dinosearch.accel import build_forward
+
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=8, num_attention_heads=2, mlp_ratio=2, image_size=224, patch_size=14)
+    build_forward(Dinov2Model(config).eval(), backend="onnxruntime", precision="int8", cache=(str(tmp_path), "weights"))
+    [entry] = tmp_path.iterdir()
+    ops = collections.Counter(n.op_type for n in onnx.load(str(entry / "model.onnx")).graph.node)
+    assert (ops["Conv"], ops["ConvInteger"]) == (1, 0)
+    # Per layer: q, k, v, o, fc1, fc2 take weights; two more MatMuls (scores, values) multiply activations.
+    assert ops["MatMulInteger"] == 6 * 6  # layers 3..8
+    assert ops["MatMul"] == 6 * 2 + 2 * 8  # layers 1..2, and every layer's attention

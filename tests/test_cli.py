@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from dinosearch.api import Index
 from dinosearch.cli import app
 
 from .conftest import run_cli
@@ -110,3 +112,29 @@ def test_subprocess_end_to_end(env: dict, photos: list[Path], tmp_path: Path) ->
     assert run_cli("--help", env=env).returncode == 0
     bad = run_cli("query", env=env)
     assert bad.returncode == 2  # usage error
+
+
+@pytest.mark.skipif(
+    not all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnx")),
+    reason="onnxruntime is not installed (pip install 'dinosearch[onnxruntime]')",
+)
+def test_onnxruntime_int8_index_and_query(env: dict, photos: list[Path], tmp_path: Path, index_dir: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DINOSEARCH_BACKEND", "onnxruntime")  # the documented variables, for index
+    monkeypatch.setenv("DINOSEARCH_PRECISION", "int8")
+    code, out, err = invoke("index", str(tmp_path / "photos"), "--json")
+    assert code == 0, err
+    assert json.loads(out)["added"] == 5
+    with Index(index_dir, create=False) as ix:
+        assert ix.fingerprint is not None and ix.fingerprint.precision == "onnxruntime-int8"
+    [cached] = (index_dir / "cache").iterdir()  # the converted model, kept for the query below
+    monkeypatch.delenv("DINOSEARCH_BACKEND")
+    monkeypatch.delenv("DINOSEARCH_PRECISION")
+    query = tmp_path / "query.jpg"  # not indexed: the model runs, through the flags this time
+    query.write_bytes(jpeg_bytes(Image.open(photos[2]).resize((240, 180)), quality=75))
+    code, out, err = invoke("query", str(query), "-k", "1", "--json", "--backend", "onnxruntime", "--precision", "int8")
+    assert code == 0, err
+    assert json.loads(out)["results"][0]["path"] == str(photos[2])
+    assert list((index_dir / "cache").iterdir()) == [cached]
+    code, _, err = invoke("query", str(query), "--precision", "int8")  # eager torch has no int8
+    assert code == 1 and "needs --backend onnxruntime" in err

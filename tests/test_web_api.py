@@ -298,3 +298,22 @@ def test_unknown_route_is_json_404(client: httpx.Client, web_index: Path) -> Non
     assert r.status_code == 404
     assert_clean(r, web_index)
     assert json.loads(r.text)["detail"]
+
+
+def test_serve_runs_the_backend_it_was_given(web_index: Path) -> None:
+    """`serve --backend onnxruntime --precision int8`: uploads are embedded by that backend, and give the
+    same answer as the library with the same backend."""
+    pytest.importorskip("onnxruntime")
+    from dinosearch.api import Index
+    from dinosearch.web.app import create_app
+    from dinosearch.web.settings import WebSettings
+
+    app = create_app(WebSettings(index_dir=str(web_index), backend="onnxruntime", precision="int8", decode_workers=0))
+    query = jpeg_bytes(photo(300, 300, seed=43))
+    with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as c:
+        r = upload(c, query, fields={"k": "3"})
+        assert r.status_code == 200, r.text
+        assert app.state.engine.index.embedder().fingerprint.precision == "onnxruntime-int8"
+    with Index(web_index, create=False, backend="onnxruntime", precision="int8") as ix:
+        hits = ix.search(query, k=3)
+    assert [h.id for h in hits] == [x["id"] for x in r.json()["results"]]

@@ -42,6 +42,13 @@ def test_serve_without_an_index_fails_in_one_line(tmp_path: Path, env: dict[str,
     assert proc.returncode == 1 and proc.stderr.startswith("dinosearch: ") and "Traceback" not in proc.stderr
 
 
+def test_serve_refuses_an_impossible_backend_before_starting(web_index: Path, env: dict[str, str]) -> None:
+    proc = run_cli("serve", "--index", str(web_index), "--port", "1", "--backend", "onnxruntime", "--precision", "bf16",
+                   env=env, timeout=60)
+    assert proc.returncode == 1 and proc.stderr.startswith("dinosearch: ") and "fp32 or int8" in proc.stderr
+    assert "Uvicorn running" not in proc.stderr + proc.stdout
+
+
 def test_serve_runs_until_interrupted(web_index: Path, env: dict[str, str]) -> None:
     port = free_port()
     proc = subprocess.Popen(

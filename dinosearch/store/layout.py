@@ -3,6 +3,7 @@
     catalogue.sqlite3        SQLite (WAL): images, failures, settings, alembic_version
     vectors-<gen>.faiss      FAISS IndexIDMap2 over IndexFlatIP, keyed by the images row id
     writer.lock              the writer lock (held by `index` while it writes)
+    cache/                   what can be made again: the model converted for --backend onnxruntime
 
 Commands that must start fast (`stats`) read these with the standard library alone.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 
 DB_NAME = "catalogue.sqlite3"
 LOCK_NAME = "writer.lock"
+CACHE_DIR = "cache"
 
 # The Alembic revision this code writes. A database at another known revision is migrated on open;
 # one at an unknown revision was written by a newer dinosearch and is refused.

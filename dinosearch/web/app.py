@@ -53,7 +53,10 @@ def create_app(settings: WebSettings, *, index: Index | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ix = index or Index(settings.index_dir, model=settings.model, device=settings.device, create=False)
+        ix = index or Index(
+            settings.index_dir, model=settings.model, device=settings.device, backend=settings.backend,
+            precision=settings.precision, create=False,
+        )
         engine = QueryEngine(
             ix,
             queue_size=settings.queue_size,

@@ -27,6 +27,8 @@ class WebSettings:
     index_dir: str
     model: str | None = None
     device: str = "auto"
+    backend: str = "torch"
+    precision: str = "auto"
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = field(default=None, repr=False)
