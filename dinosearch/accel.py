@@ -28,7 +28,10 @@ import contextlib
 import hashlib
 import os
 import shutil
+import sys
+import tempfile
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -46,9 +49,15 @@ PRECISIONS = {
     "openvino": ("fp32", "bf16"),
     "onnxruntime": ("fp32", "int8"),
 }
+ALL_PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+# What "auto" means where it is not the device's choice (dinosearch.embed.resolve_precision):
+# onnxruntime's int8 changes the vectors a little, so it runs only when asked for.
+AUTO_PRECISION = {"onnxruntime": "fp32"}
 CPU_ONLY = ("openvino", "onnxruntime")
+PACKAGES = {"openvino": ("openvino",), "onnxruntime": ("onnxruntime", "onnx")}
 ONNX_OPSET = 17
 ONNX_BUILD = 1  # part of the cache key: bump it whenever the export or the quantisation changes
+_LOGGING_LOCK = threading.Lock()
 INSTALL_HINT = {
     "openvino": "pip install 'dinosearch[openvino]' (or: pip install 'openvino>=2024.0')",
     "onnxruntime": "pip install 'dinosearch[onnxruntime]' (or: pip install onnxruntime onnx)",
@@ -59,7 +68,7 @@ INSTALL_HINT = {
 class Forward:
     run: Callable[["torch.Tensor"], "torch.Tensor"]
     backend: str
-    precision: str  # in effect: fp32, bf16 or fp16
+    precision: str  # in effect: fp32, bf16, fp16 or int8
 
     @property
     def label(self) -> str:
@@ -95,13 +104,26 @@ def check_backend(backend: str, device: str, precision: str) -> None:
         raise ModelLoadError(f"--backend {backend} runs on the CPU only, not {device}; use --device cpu or --backend torch")
     allowed = PRECISIONS[backend]
     if precision != "auto" and precision not in allowed:
-        known = sorted({p for ps in PRECISIONS.values() for p in ps}, key=("fp32", "bf16", "fp16", "int8").index)
-        if precision not in known:
-            raise ModelLoadError(f"unknown precision {precision!r}; use {_either(['auto', *known])}")
+        if precision not in ALL_PRECISIONS:
+            raise ModelLoadError(f"unknown precision {precision!r}; use {_either(['auto', *ALL_PRECISIONS])}")
         hint = _either(list(allowed))
         if precision == "int8":
             raise ModelLoadError(f"--precision int8 needs --backend onnxruntime, not {backend}; or use --precision {hint}")
         raise ModelLoadError(f"--backend {backend} runs {hint}, not {precision}; use --precision {hint}")
+    missing = [m for m in PACKAGES.get(backend, ()) if not _installed(m)]
+    if missing:  # said now, not after the model has been loaded for nothing
+        raise ModelLoadError(f"--backend {backend} needs the {' and '.join(missing)} package: {INSTALL_HINT[backend]}")
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    if module in sys.modules:
+        return sys.modules[module] is not None  # None: made unimportable on purpose
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _either(words: list[str]) -> str:
@@ -238,13 +260,10 @@ def _pooler_output(net: Any) -> Any:
 
 
 def _onnxruntime(net: Any, precision: str, image_size: tuple[int, int], cache: tuple[str, str] | None) -> Forward:
-    import tempfile
-
     import numpy as np
     import torch
 
     ort = _import_onnxruntime()
-    precision = "fp32" if precision == "auto" else precision
     h, w = image_size
 
     def build(directory: str) -> str:
@@ -287,21 +306,12 @@ def _onnxruntime(net: Any, precision: str, image_size: tuple[int, int], cache: t
         session = None
         if cache is not None:
             cache_dir, weights = cache
-            key = hashlib.blake2b(
-                f"{weights} {precision} {h}x{w} build{ONNX_BUILD} opset{ONNX_OPSET} torch{torch.__version__} ort{ort.__version__}".encode(),
-                digest_size=12,
-            ).hexdigest()
-            for attempt in (1, 2):
-                entry = _cached_build(cache_dir, f"onnx-{precision}-{key}", build)
-                if entry is None:
-                    break
+            entry = _cached_build(cache_dir, _cache_name(net, weights, precision, image_size, ort.__version__), build)
+            if entry is not None:
                 try:
                     session = load(entry)
-                    break
-                except Exception:  # noqa: BLE001 - a damaged entry (disk trouble, edited by hand): build it anew
-                    if attempt == 2:
-                        raise
-                    shutil.rmtree(os.path.dirname(entry), ignore_errors=True)
+                except Exception:  # noqa: BLE001 - damaged (disk trouble, edited by hand): the next load rebuilds it
+                    _discard(os.path.dirname(entry))
         if session is None:
             with tempfile.TemporaryDirectory(prefix="dinosearch-onnx-") as tmp:
                 session = load(build(tmp))
@@ -318,9 +328,24 @@ def _onnxruntime(net: Any, precision: str, image_size: tuple[int, int], cache: t
     return Forward(run, "onnxruntime", precision)
 
 
+def _cache_name(net: Any, weights: str, precision: str, image_size: tuple[int, int], ort_version: str) -> str:
+    """The cache entry of one conversion: everything that changes what the export or the quantiser
+    writes (weights, config, size, precision, this recipe, the libraries) is in its key."""
+    import onnx
+    import torch
+    import transformers
+
+    h, w = image_size
+    parts = [
+        weights, net.config.to_json_string(), f"{h}x{w}", precision, f"build{ONNX_BUILD}", f"opset{ONNX_OPSET}",
+        torch.__version__, transformers.__version__, onnx.__version__, ort_version,
+    ]
+    return f"onnx-{precision}-" + hashlib.blake2b("\n".join(parts).encode(), digest_size=12).hexdigest()
+
+
 def _kept_in_fp32(path: str, layers: int) -> list[str]:
-    """The nodes int8 leaves in fp32: the patch embedding and the first two encoder layers (none of
-    a model under 8 layers, which would otherwise be mostly fp32).
+    """The nodes int8 leaves in fp32: the patch embedding and the first two encoder layers (fewer
+    in a shallow model, which would otherwise be mostly fp32: one under 8 layers, none under 4).
 
     Their quantisation error is the one every later layer carries on: kept in fp32 they halve the
     error (random ViT-S, 64 photos: mean cosine to fp32 0.9992 -> 0.9997) at a cost lost in the noise
@@ -344,16 +369,16 @@ def _cached_build(cache_dir: str, name: str, build: Callable[[str], str]) -> str
 
     Built aside and renamed into place, so a reader never sees half a model and two processes
     building at once both end with one whole entry. None when the cache can't be written (a
-    read-only index): the caller then builds in a temporary directory.
+    read-only index): the caller then builds in a temporary directory. An error of `build` itself
+    is raised, with nothing left behind.
     """
-    import tempfile
-
     final = os.path.join(cache_dir, name)
     model = os.path.join(final, "model.onnx")
     if os.path.isfile(model):
         return model
     try:
         os.makedirs(cache_dir, exist_ok=True)
+        _sweep(cache_dir)
         work = tempfile.mkdtemp(prefix=f".{name}-", dir=cache_dir)
     except OSError:
         return None
@@ -365,10 +390,30 @@ def _cached_build(cache_dir: str, name: str, build: Callable[[str], str]) -> str
             if not os.path.isfile(model):  # not another process winning the race: no cache here
                 return None
         return model
-    except OSError:
-        return None  # the disk filled up while writing the cache: build in a temporary directory
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _sweep(cache_dir: str, older_than: float = 3600.0) -> None:
+    """Remove what builds killed midway left (hidden work folders), once they are an hour old."""
+    now = time.time()
+    for entry in os.scandir(cache_dir):
+        try:
+            if entry.name.startswith(".") and entry.is_dir() and now - entry.stat().st_mtime > older_than:
+                shutil.rmtree(entry.path, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def _discard(entry: str) -> None:
+    """Take a damaged cache entry out of the way: renamed first, so an entry another process has
+    just put in its place is never the one removed."""
+    aside = os.path.join(os.path.dirname(entry), f".discarded-{os.getpid()}-{os.path.basename(entry)}")
+    try:
+        os.rename(entry, aside)
+    except OSError:
+        return  # gone already, or a read-only cache: nothing to do
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _import_onnxruntime() -> Any:
@@ -377,24 +422,29 @@ def _import_onnxruntime() -> Any:
         import onnxruntime as ort
     except ImportError:
         raise ModelLoadError(f"--backend onnxruntime needs the onnxruntime and onnx packages: {INSTALL_HINT['onnxruntime']}") from None
+    except Exception as exc:  # noqa: BLE001 - installed but broken (a native library, a NumPy ABI mismatch)
+        raise ModelLoadError(f"onnxruntime is installed but cannot be imported ({_first_line(exc)}); reinstall it: "
+                             f"{INSTALL_HINT['onnxruntime']}") from None
     return ort
 
 
 @contextlib.contextmanager
 def _quiet_root_logger() -> Iterator[None]:
     """Silence the root logger for a moment: onnxruntime.quantization logs hints through
-    `logging.warning`, which would also install a stderr handler on a root logger that has none."""
+    `logging.warning`, which would also install a stderr handler on a root logger that has none.
+    Under a lock: two conversions at once must not restore each other's level."""
     import logging
 
-    root = logging.getLogger()
-    level, guard = root.level, logging.NullHandler()
-    root.addHandler(guard)  # a root with a handler is left alone by logging's implicit basicConfig
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-        root.removeHandler(guard)
+    with _LOGGING_LOCK:
+        root = logging.getLogger()
+        level, guard = root.level, logging.NullHandler()
+        root.addHandler(guard)  # a root with a handler is left alone by logging's implicit basicConfig
+        root.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            root.setLevel(level)
+            root.removeHandler(guard)
 
 
 def _import_openvino() -> Any:

@@ -75,6 +75,9 @@ class Index:
         self._embedder = embedder
         self._checked = False
         self._lock = threading.RLock()  # the in-memory vectors are shared by a server's threads
+        # Loading the model (seconds; a first conversion for some backends) must not hold up searches
+        # by id, which need _lock alone.
+        self._model_lock = threading.Lock()
         self._vectors: vector_store.LoadedVectors | None = None
         self._vectors_version = -1
         self._max_id = 0  # the highest id in the in-memory vectors
@@ -95,7 +98,7 @@ class Index:
 
         `record`: a new index records this model as its own (only indexing does; readers never write).
         """
-        with self._lock:
+        with self._model_lock:
             if self._embedder is None:
                 self._embedder = Dinov2Embedder(
                     self.model_name,

@@ -54,7 +54,8 @@ BackendOpt = typer.Option(
 )
 PrecisionOpt = typer.Option(
     Precision.auto, "--precision", envvar="DINOSEARCH_PRECISION",
-    help="auto: bf16/fp16 on a GPU, bf16 on CPUs with native bf16, else fp32; int8 with --backend onnxruntime",
+    help="auto: bf16/fp16 on a GPU, bf16 on CPUs with native bf16, else fp32 (always fp32 for onnxruntime); "
+    "int8 only with --backend onnxruntime",
 )
 IndexOpt = typer.Option(None, "--index", help="Index directory [default: $DINOSEARCH_INDEX, else a per-user data dir]")
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of text")

@@ -63,8 +63,10 @@ def resolve_precision(precision: str, device: str) -> str:
     import torch
 
     if precision != "auto":
-        if precision not in ("fp32", "bf16", "fp16", "int8"):
-            raise ModelLoadError(f"unknown precision {precision!r}; use auto, fp32, bf16, fp16 or int8")
+        from .accel import ALL_PRECISIONS
+
+        if precision not in ALL_PRECISIONS:
+            raise ModelLoadError(f"unknown precision {precision!r}; use auto, {', '.join(ALL_PRECISIONS)}")
         return precision
     if device == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -142,15 +144,15 @@ class Dinov2Embedder:
         from transformers import AutoImageProcessor, AutoModel
         from transformers.utils import logging as hf_logging
 
-        from .accel import backend_device, build_forward, check_backend
+        from .accel import AUTO_PRECISION, backend_device, build_forward, check_backend
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         device = backend_device(backend, device)  # an explicit device they can't use is an error below
         check_backend(backend, device, precision)  # before the (slow) load
         self.device = resolve_device(device)
-        if backend == "onnxruntime" and precision == "auto":
-            precision = "fp32"  # int8 changes the vectors a little: only when asked for
+        if precision == "auto":
+            precision = AUTO_PRECISION.get(backend, "auto")
         self.precision = resolve_precision(precision, self.device)
         try:
             net, processor = _from_pretrained(model, AutoModel, AutoImageProcessor)
@@ -172,6 +174,8 @@ class Dinov2Embedder:
             cache=(os.fspath(cache_dir), weights) if cache_dir is not None else None,
         )
         self.backend = backend
+        if backend == "onnxruntime":
+            self.net = None  # the session has its own copy of the weights: don't hold a second one
         self.precision = self._forward.precision  # in effect (OpenVINO runs fp32 where the CPU has no bf16)
         self.fingerprint = ModelFingerprint(
             model=model,

@@ -82,26 +82,30 @@ def test_onnxruntime_is_fp32_unless_int8_is_asked_for(tiny_model: str, reference
 
 @needs_ort
 def test_onnxruntime_int8_leaves_logging_alone(tiny_model: str) -> None:
-    """The quantiser logs through the root logger; building the backend must not add a handler to it
-    (a library caller's logging stays theirs) nor leave its level changed."""
+    """The quantiser logs hints through `logging.warning`, which would print them and install a stderr
+    handler on the root logger; building the backend must do neither, nor leave the level changed."""
     code = (
         "import logging\n"
+        "from dinosearch.accel import _quiet_root_logger\n"
         "from dinosearch.embed import Dinov2Embedder\n"
+        "with _quiet_root_logger():\n"
+        "    logging.warning('a hint from inside')\n"  # what the quantiser does
         f"Dinov2Embedder({tiny_model!r}, device='cpu', precision='int8', backend='onnxruntime')\n"
         "root = logging.getLogger()\n"
         "print(len(root.handlers), root.level)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.split() == ["0", str(30)], out.stdout  # no handler, WARNING as Python starts
-    assert "quantization" not in out.stderr.lower(), out.stderr
+    assert "hint" not in out.stderr and "quantization" not in out.stderr.lower(), out.stderr
 
 
-def test_missing_onnxruntime_is_one_clear_error(tiny_model: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_onnxruntime_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    with pytest.raises(ModelLoadError) as err:
-        Dinov2Embedder(tiny_model, device="cpu", backend="onnxruntime", precision="int8")
+    with pytest.raises(ModelLoadError) as err:  # said before any model is loaded: this one does not exist
+        Dinov2Embedder(str(tmp_path / "no-model"), device="cpu", backend="onnxruntime", precision="int8")
     message = str(err.value)
-    assert "pip install 'dinosearch[onnxruntime]'" in message and "\n" not in message
+    assert "needs the onnxruntime package" in message and "pip install 'dinosearch[onnxruntime]'" in message
+    assert "\n" not in message
 
 
 def test_eager_bf16_fingerprint_is_unchanged(tiny_model: str) -> None:
@@ -182,12 +186,16 @@ def test_onnxruntime_keeps_its_export_for_the_next_load(tiny_model: str, referen
     np.testing.assert_array_equal(again.embed(pixels), expected)
     monkeypatch.undo()
 
-    # A damaged entry is built anew, not an error; fp32 gets an entry of its own.
+    # A damaged entry is not an error: that load converts anew and discards it, the next one caches
+    # it again; fp32 gets an entry of its own.
     (entry / "model.onnx").write_bytes(b"not an onnx model")
     mended = Dinov2Embedder(tiny_model, device="cpu", precision="int8", backend="onnxruntime", cache_dir=cache)
     np.testing.assert_array_equal(mended.embed(pixels), expected)
+    assert list(cache.iterdir()) == []
+    Dinov2Embedder(tiny_model, device="cpu", precision="int8", backend="onnxruntime", cache_dir=cache)
     Dinov2Embedder(tiny_model, device="cpu", precision="fp32", backend="onnxruntime", cache_dir=cache)
     assert sorted(p.name.split("-")[1] for p in cache.iterdir()) == ["fp32", "int8"]
+    assert (entry / "model.onnx").stat().st_size > 1000
 
 
 @needs_ort
@@ -218,3 +226,60 @@ def test_int8_keeps_the_patch_embedding_and_first_two_layers_in_fp32(tmp_path: P
     # Per layer: q, k, v, o, fc1, fc2 take weights; two more MatMuls (scores, values) multiply activations.
     assert ops["MatMulInteger"] == 6 * 6  # layers 3..8
     assert ops["MatMul"] == 6 * 2 + 2 * 8  # layers 1..2, and every layer's attention
+
+
+def test_cache_build_leaves_nothing_behind_when_it_fails(tmp_path: Path) -> None:
+    from dinosearch.accel import _cached_build
+
+    def broken(directory: str) -> str:
+        Path(directory, "model.onnx").write_bytes(b"half a model")
+        raise RuntimeError("the exporter failed")
+
+    with pytest.raises(RuntimeError, match="exporter failed"):
+        _cached_build(str(tmp_path), "onnx-int8-key", broken)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cache_build_race_keeps_the_entry_that_won(tmp_path: Path) -> None:
+    """Two processes building one entry: the second rename fails, and the first one's entry is used."""
+    from dinosearch.accel import _cached_build
+
+    def build(tag: bytes):
+        def write(directory: str) -> str:
+            if tag == b"second":  # the other process finishes first, while this one is still building
+                _cached_build(str(tmp_path), "onnx-int8-key", build(b"first"))
+            Path(directory, "model.onnx").write_bytes(tag)
+            return str(Path(directory, "model.onnx"))
+        return write
+
+    model = _cached_build(str(tmp_path), "onnx-int8-key", build(b"second"))
+    assert model is not None and Path(model).read_bytes() == b"first"
+    assert [p.name for p in tmp_path.iterdir()] == ["onnx-int8-key"]  # no work folder left
+
+
+def test_cache_sweeps_work_folders_that_a_killed_build_left(tmp_path: Path) -> None:
+    from dinosearch.accel import _cached_build
+
+    stale, fresh = tmp_path / ".onnx-int8-old-abc", tmp_path / ".onnx-int8-busy-def"
+    for d in (stale, fresh):
+        d.mkdir()
+        (d / "model.onnx").write_bytes(b"partial")
+    os.utime(stale, (1, 1))  # long ago: its build is dead; `fresh` may be another process's, live
+
+    def build(directory: str) -> str:
+        Path(directory, "model.onnx").write_bytes(b"whole")
+        return str(Path(directory, "model.onnx"))
+
+    _cached_build(str(tmp_path), "onnx-int8-key", build)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [fresh.name, "onnx-int8-key"]
+
+
+@needs_ort
+def test_onnxruntime_without_a_cache_converts_in_a_temporary_folder_it_removes(
+    tiny_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    Dinov2Embedder(tiny_model, device="cpu", precision="int8", backend="onnxruntime")  # no cache_dir
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("dinosearch-onnx-")] == []

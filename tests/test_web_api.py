@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from tests.images import jpeg_bytes, photo
-from tests.test_web_support import PRODUCTS, ROTATED, LiveServer, ids_by_name, shared_index
+from tests.test_web_support import PRODUCTS, ROTATED, LiveServer, copy_index, ids_by_name, shared_index
 
 RESULT_FIELDS = {"rank", "id", "score", "name", "metadata", "thumbnail_url", "image_url"}
 
@@ -300,14 +300,16 @@ def test_unknown_route_is_json_404(client: httpx.Client, web_index: Path) -> Non
     assert json.loads(r.text)["detail"]
 
 
-def test_serve_runs_the_backend_it_was_given(web_index: Path) -> None:
+def test_serve_runs_the_backend_it_was_given(web_index: Path, tmp_path: Path) -> None:
     """`serve --backend onnxruntime --precision int8`: uploads are embedded by that backend, and give the
     same answer as the library with the same backend."""
     pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
     from dinosearch.api import Index
     from dinosearch.web.app import create_app
     from dinosearch.web.settings import WebSettings
 
+    web_index = copy_index(web_index, tmp_path / "index")  # the backend writes its cache/ into it
     app = create_app(WebSettings(index_dir=str(web_index), backend="onnxruntime", precision="int8", decode_workers=0))
     query = jpeg_bytes(photo(300, 300, seed=43))
     with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as c:

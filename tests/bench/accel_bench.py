@@ -1,7 +1,7 @@
 """Inference backends side by side: speed, first-call cost and fidelity against eager torch fp32.
 
     .venv/bin/python -m tests.bench.accel_bench [--batches 16 32] [--reps 5] [--images 200]
-        [--variants torch-fp32 torch-bf16 compile-bf16 openvino-bf16 openvino-fp32] [--json out.json]
+        [--variants torch-fp32 torch-bf16 compile-bf16 openvino-bf16 openvino-fp32 onnxruntime-int8] [--json out.json]
 
 All variants run in one process on the same inputs, and the timed runs go round-robin (one run of
 each variant, then the next round), so drift in a shared machine's load hits every variant alike;
@@ -25,7 +25,7 @@ import tempfile
 import time
 from typing import Any
 
-DEFAULT_VARIANTS = ["torch-fp32", "torch-bf16", "compile-bf16", "openvino-bf16", "openvino-fp32"]
+DEFAULT_VARIANTS = ["torch-fp32", "torch-bf16", "compile-bf16", "openvino-bf16", "openvino-fp32", "onnxruntime-int8"]
 REFERENCE = "torch-fp32"
 
 
