@@ -50,7 +50,7 @@ class Precision(str, Enum):
 BackendOpt = typer.Option(
     Backend.torch, "--backend", envvar="DINOSEARCH_BACKEND",
     help="How the model runs: torch, compile (torch.compile), openvino or onnxruntime "
-    "(both CPU only; pip install 'dinosearch[openvino]' or 'dinosearch[onnxruntime]')",
+    "(both CPU only; each needs its package: pip install openvino, or pip install onnxruntime onnx)",
 )
 PrecisionOpt = typer.Option(
     Precision.auto, "--precision", envvar="DINOSEARCH_PRECISION",

@@ -138,3 +138,10 @@ def test_onnxruntime_int8_index_and_query(env: dict, photos: list[Path], tmp_pat
     assert list((index_dir / "cache").iterdir()) == [cached]
     code, _, err = invoke("query", str(query), "--precision", "int8")  # eager torch has no int8
     assert code == 1 and "needs --backend onnxruntime" in err
+
+
+def test_help_names_what_to_install_for_each_backend() -> None:
+    # Rich markup would eat a bracketed extra such as [openvino]: the help names plain packages.
+    code, out, _ = invoke("index", "--help")
+    text = " ".join(out.replace("│", " ").split())
+    assert code == 0 and "pip install openvino" in text and "pip install onnxruntime onnx" in text
