@@ -38,6 +38,21 @@ DEFAULT_MODEL = "facebook/dinov2-small"
 ImageLike = Any  # a path (str / os.PathLike), file bytes, or a PIL.Image.Image
 
 
+def _warn_mixed_precision(report: IndexReport, made_with: ModelFingerprint | None, embedder: Embedder | None) -> IndexReport:
+    """Say so when this run embedded images with another backend/precision than the index's first run:
+    the model is the same (checked), the vectors are close but not identical."""
+    if made_with is None or embedder is None or not report.embedded:
+        return report
+    now = embedder.fingerprint.precision
+    if now == made_with.precision:
+        return report
+    warning = (
+        f"this run embedded {report.embedded} image(s) with {now}, the index's first ones with {made_with.precision}: "
+        "their vectors are close but not identical; for the most consistent ranking keep one --backend/--precision per index"
+    )
+    return replace(report, warnings=(*report.warnings, warning))
+
+
 def _model_source(model: str) -> str:
     """A local checkpoint folder is recorded by its absolute path, so it names the same model from any
     working directory; hub ids stay as they are."""
@@ -163,7 +178,7 @@ class Index:
             if rows is not None:
                 report = self._attach_metadata(rows, [os.path.abspath(os.fspath(p)) for p in paths], report)
             self._sync_vectors(force=changed)
-        return report
+        return _warn_mixed_precision(report, fp, self._embedder)
 
     def _attach_metadata(self, rows: MetadataRows, roots: list[str], report: IndexReport) -> IndexReport:
         indexed = set(self.catalogue.known_under(roots))

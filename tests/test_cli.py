@@ -139,6 +139,15 @@ def test_onnxruntime_int8_index_and_query(env: dict, photos: list[Path], tmp_pat
     code, _, err = invoke("query", str(query), "--precision", "int8")  # eager torch has no int8
     assert code == 1 and "needs --backend onnxruntime" in err
 
+    # A later run with another backend/precision is allowed (same model), and says what it mixed.
+    save(photo(480, 360, seed=9), tmp_path / "photos" / "p9.jpg", quality=92)
+    code, out, err = invoke("index", str(tmp_path / "photos"), "--precision", "fp32")
+    assert code == 0 and out.startswith("1 added"), err
+    assert "warning: this run embedded 1 image(s) with fp32, the index's first ones with onnxruntime-int8" in err
+    save(photo(480, 360, seed=10), tmp_path / "photos" / "p10.jpg", quality=92)
+    code, out, err = invoke("index", str(tmp_path / "photos"), "--backend", "onnxruntime", "--precision", "int8")
+    assert code == 0 and out.startswith("1 added") and "warning" not in err, err
+
 
 def test_help_names_what_to_install_for_each_backend() -> None:
     # Rich markup would eat a bracketed extra such as [openvino]: the help names plain packages.
