@@ -59,14 +59,11 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    """auto -> bf16 (or fp16) on a GPU; on the CPU bf16 where it is native, else fp32."""
+    """auto -> bf16 (or fp16) on a GPU; on the CPU bf16 where it is native, else fp32. Any other value
+    is returned as it is: dinosearch.accel.check_backend has already refused what it does not know."""
     import torch
 
     if precision != "auto":
-        from .accel import ALL_PRECISIONS
-
-        if precision not in ALL_PRECISIONS:
-            raise ModelLoadError(f"unknown precision {precision!r}; use auto, {', '.join(ALL_PRECISIONS)}")
         return precision
     if device == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
