@@ -176,7 +176,7 @@ class Bench:
         self._tree_ix: tuple[Path, Path, Path] | None = None
         self._tree_built = False
         self._probe_net: Any = None
-        self._fast_forward: Any = None
+        self._probe_forwards: dict[tuple[str, str], Any] = {}  # (backend, precision) -> dinosearch.accel.Forward
 
     def close(self) -> None:
         if not self.a.keep:
@@ -544,24 +544,39 @@ class Bench:
         raw = self.results["sections"].get("raw", {})
         if self.a.gpu or not raw.get("best"):
             return None
-        import contextlib
+        return self._probe("torch", raw["best"])
 
+    def _probe(self, backend: str, precision: str) -> float:
+        """img/s of the model alone through dinosearch.accel's forward for (backend, precision), on the
+        CPU, the raw section's batch; the forward is built once and kept for the next repeat."""
         import torch
         from transformers import AutoModel
 
-        if self._probe_net is None:
-            _quiet_transformers()
-            self._probe_net = AutoModel.from_pretrained(str(self.model())).eval()
-        bs, dtype = self.a.batch, {"bf16": torch.bfloat16}.get(raw["best"])
+        from dinosearch.accel import build_forward
+
+        if (backend, precision) not in self._probe_forwards:
+            if self._probe_net is None:
+                _quiet_transformers()
+                self._probe_net = AutoModel.from_pretrained(str(self.model())).eval()
+            self._probe_forwards[backend, precision] = build_forward(self._probe_net, backend=backend, precision=precision)
+        forward = self._probe_forwards[backend, precision]
+        bs = self.a.batch
         x = torch.randn(bs, 3, 224, 224, generator=torch.Generator().manual_seed(0))
         iters = max(1, round(self.a.n / bs))
-        amp = torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
-        with torch.inference_mode(), amp:
-            self._probe_net(pixel_values=x[:2])  # warm-up
-            t0 = time.perf_counter()
-            for _ in range(iters):
-                self._probe_net(pixel_values=x).pooler_output
+        forward.run(x[:2])  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            forward.run(x)
         return iters * bs / (time.perf_counter() - t0)
+
+    @staticmethod
+    def _cpu_per_photo(t: Table, runs: list[dict[str, Any]], n: int) -> tuple[float, float]:
+        """CPU time of the runs themselves (imports excluded) per photo, median: (indexing process,
+        decode workers) in ms, also added to `t`: where the cores went."""
+        process = summary([r["cpu_run_s"] / n * 1000 for r in runs])["median"]
+        workers = summary([r["cpu_children_s"] / n * 1000 for r in runs])["median"]
+        t.add("  CPU per photo: indexing process / decode workers", process, "ms", "", f"{workers:.0f} ms", digits=0)
+        return process, workers
 
     def raw_img_s(self) -> tuple[float | None, float | None]:
         raw = self.results["sections"].get("raw", {})
@@ -597,9 +612,7 @@ class Bench:
         t.add("  steady state (first to last image)", steady["median"], "img/s", spread(steady))
         t.add("  Index() open + migrate", summary([r["open_s"] for r in good])["median"], "s")
         t.add("  time to first image (model load, workers)", summary([r["first_item_s"] for r in good if r.get("first_item_s")])["median"], "s")
-        # CPU time of the run itself (imports excluded), per photo: where the cores went.
-        t.add("  CPU per photo: indexing process / decode workers", summary([r["cpu_run_s"] / n * 1000 for r in good])["median"],
-              "ms", "", f"{summary([r['cpu_children_s'] / n * 1000 for r in good])['median']:.0f} ms", digits=0)
+        model_ms, decode_ms = self._cpu_per_photo(t, good, n)
         raw_best, raw_fp32 = self.raw_img_s()
         naive = (self.results["sections"].get("naive", {}).get("img_s") or {}).get("median")
         ratios: dict[str, Any] = {}
@@ -629,8 +642,6 @@ class Bench:
         else:
             t.note("dinosearch / naive: run the naive section too (--only naive,e2e)")
         # Why a target is missed, from this run's own figures.
-        model_ms = summary([r["cpu_run_s"] / n * 1000 for r in good])["median"]
-        decode_ms = summary([r["cpu_children_s"] / n * 1000 for r in good])["median"]
         if not self.a.gpu and model_ms and decode_ms:
             ceiling = model_ms / (model_ms + decode_ms)
             self.put("e2e", "cpu_share_ceiling", ceiling)
@@ -748,25 +759,9 @@ class Bench:
 
     # -- 5. the faster CPU path end to end --------------------------------------------------------
     def _fast_probe(self) -> float | None:
-        """The fast path's model alone (onnxruntime int8, the raw section's batch), timed right before
-        each of its end-to-end repeats, as _raw_probe is for the default path."""
-        import torch
-        from transformers import AutoModel
-
-        from dinosearch.accel import build_forward
-
-        if self._fast_forward is None:
-            _quiet_transformers()
-            net = AutoModel.from_pretrained(str(self.model())).eval()
-            self._fast_forward = build_forward(net, backend=FAST_BACKEND, precision=FAST_PRECISION)
-        bs = self.a.batch
-        x = torch.randn(bs, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-        iters = max(1, round(self.a.n / bs))
-        self._fast_forward.run(x[:2])  # warm-up
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            self._fast_forward.run(x)
-        return iters * bs / (time.perf_counter() - t0)
+        """The fast path's model alone, timed right before each of its end-to-end repeats, as
+        _raw_probe is for the default path."""
+        return self._probe(FAST_BACKEND, FAST_PRECISION)
 
     def fast(self, t: Table) -> None:
         import importlib.util
@@ -801,9 +796,7 @@ class Bench:
         if cold:
             t.add("  cold run (exports + quantises the model first): time to first image", cold[0].get("first_item_s"), "s",
                   "", f"{cold[0]['img_s']:.2f} img/s over {n} photos", digits=1)
-        model_ms = summary([r["cpu_run_s"] / n * 1000 for r in good])["median"]
-        decode_ms = summary([r["cpu_children_s"] / n * 1000 for r in good])["median"]
-        t.add("  CPU per photo: indexing process / decode workers", model_ms, "ms", "", f"{decode_ms:.0f} ms", digits=0)
+        self._cpu_per_photo(t, good, n)
         res: dict[str, Any] = {"img_s": e2e, "steady_img_s": steady, "runs": runs}
         probes = [r["raw_probe_img_s"] for r in good if r.get("raw_probe_img_s")]
         if probes:
