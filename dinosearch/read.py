@@ -12,10 +12,10 @@ import stat
 from dataclasses import dataclass
 
 MAX_FILE_BYTES = 1 << 30  # a larger "image" is refused before it is read into memory
-HASH = "blake2b-128"
 
 
 def content_hash(data: bytes) -> str:
+    """BLAKE2b-128 of the bytes, hex: the content hash the catalogue stores."""
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
