@@ -78,11 +78,16 @@ _IMAGE_SIGNATURES = (
 )
 
 
+def _magic(data: bytes, signatures: tuple[tuple[bytes, str], ...]) -> str | None:
+    """The name of the first signature the bytes start with."""
+    return next((name for magic, name in signatures if data.startswith(magic)), None)
+
+
 def damaged_format(data: bytes) -> str | None:
     """The allowed format the bytes claim to be by their magic number, if any."""
-    for magic, name in _IMAGE_SIGNATURES:
-        if data.startswith(magic):
-            return name
+    claimed = _magic(data, _IMAGE_SIGNATURES)
+    if claimed is not None:
+        return claimed
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WebP"
     if data[:2] == b"BM" and len(data) >= 26 and int.from_bytes(data[2:6], "little") in (0, len(data)):
@@ -94,9 +99,9 @@ def damaged_format(data: bytes) -> str | None:
 
 def sniff(data: bytes) -> str | None:
     """Name what the bytes look like, for the failure message of a non-image."""
-    for magic, name in _SIGNATURES:
-        if data.startswith(magic):
-            return name
+    known = _magic(data, _SIGNATURES)
+    if known is not None:
+        return known
     head = data[:512].lstrip().lower()
     if b"<svg" in head or (head.startswith(b"<?xml") and b"svg" in head):
         return "SVG"
