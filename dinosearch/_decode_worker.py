@@ -11,13 +11,37 @@ if multiprocessing.parent_process() is not None:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
 
+from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
-from .decode import MAX_PIXELS, DecodeError, decode  # noqa: E402
+from .decode import DecodeError, Decoded, decode  # noqa: E402
 from .read import Unreadable, Vanished, content_hash, read_whole  # noqa: E402
-from .records import Preprocess  # noqa: E402
+from .records import MAX_PIXELS, FailureKind, Preprocess  # noqa: E402
 
 VANISHED = "vanished"  # the failure kind of a file that is gone: not recorded as a failure
+
+
+# The messages between the pool (workers.py) and a worker. A request is the file's bytes, or its path
+# (the worker then reads and hashes it itself); the worker answers each with exactly one reply.
+@dataclass(frozen=True)
+class FileIdentity:
+    """What the worker read: size and mtime from the descriptor it read the bytes through, and their hash."""
+
+    size: int
+    mtime_ns: int
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class WorkerDecoded:
+    decoded: Decoded
+    read: FileIdentity | None  # set when the request was a path
+
+
+@dataclass(frozen=True)
+class WorkerFailed:
+    kind: str  # a FailureKind value, or VANISHED
+    message: str
 
 
 def _limit_memory(limit: int | None) -> None:
@@ -59,12 +83,10 @@ def _inject_fault(data: bytes) -> None:
 
 
 def worker_main(conn: Any, pre: Preprocess, max_pixels: int = MAX_PIXELS, memory_limit: int | None = None) -> None:
-    """Decode (task_id, source) messages until a None arrives; answer each with exactly one message.
+    """Decode requests (bytes or a path) until a None arrives; answer each with exactly one reply.
 
-    source: the file's bytes, or its path, which this worker then reads and hashes itself: the
-    indexing process never holds those bytes, so it is not the bottleneck when the model is fast.
-    Success: (task_id, True, pixels, width, height, format, read), read = (size, mtime_ns, hash) for
-    a path, else None. Failure: (task_id, False, kind, message).
+    A path is read and hashed here: the indexing process never holds those bytes, so it is not the
+    bottleneck when the model is fast.
     """
     _limit_memory(memory_limit)
     # Codec warnings (corrupt EXIF, odd chunks) would interleave with the progress bar; what matters
@@ -77,33 +99,33 @@ def worker_main(conn: Any, pre: Preprocess, max_pixels: int = MAX_PIXELS, memory
         return
     while True:
         try:
-            msg = conn.recv()
+            source = conn.recv()
         except (EOFError, OSError):
             return
-        if msg is None:
+        if source is None:
             return
-        task_id, source = msg
-        read = None
-        try:
-            if isinstance(source, str):
-                f = read_whole(source)
-                data = f.data
-                read = (f.size, f.mtime_ns, content_hash(data))
-            else:
-                data = source
-            if faults and data.startswith(FAULT_MAGIC):
-                _inject_fault(data)
-            d = decode(data, pre, max_pixels=max_pixels)
-            reply: tuple = (task_id, True, d.pixels, d.width, d.height, d.format, read)
-        except Vanished:
-            reply = (task_id, False, VANISHED, "")
-        except Unreadable as exc:
-            reply = (task_id, False, exc.kind, exc.message)
-        except DecodeError as exc:
-            reply = (task_id, False, exc.kind, exc.message)
-        except MemoryError:
-            reply = (task_id, False, "too-large", "ran out of memory decoding this image; downscale it and try again")
-        except Exception as exc:  # noqa: BLE001 - a codec bug is still only this file's failure
-            reply = (task_id, False, "corrupt", f"the decoder failed ({type(exc).__name__}); re-export the file")
-        data = source = None  # type: ignore[assignment]  # don't hold the bytes while idle
+        reply = _decode_one(source, pre, max_pixels, faults)
+        source = None  # don't hold the bytes while idle
         conn.send(reply)
+
+
+def _decode_one(source: bytes | str, pre: Preprocess, max_pixels: int, faults: bool) -> WorkerDecoded | WorkerFailed:
+    read = None
+    try:
+        if isinstance(source, str):
+            f = read_whole(source)
+            data = f.data
+            read = FileIdentity(f.size, f.mtime_ns, content_hash(data))
+        else:
+            data = source
+        if faults and data.startswith(FAULT_MAGIC):
+            _inject_fault(data)
+        return WorkerDecoded(decode(data, pre, max_pixels=max_pixels), read)
+    except Vanished:
+        return WorkerFailed(VANISHED, "")
+    except (Unreadable, DecodeError) as exc:
+        return WorkerFailed(exc.kind, exc.message)
+    except MemoryError:
+        return WorkerFailed(FailureKind.TOO_LARGE, "ran out of memory decoding this image; downscale it and try again")
+    except Exception as exc:  # noqa: BLE001 - a codec bug is still only this file's failure
+        return WorkerFailed(FailureKind.CORRUPT, f"the decoder failed ({type(exc).__name__}); re-export the file")

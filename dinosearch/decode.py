@@ -13,15 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from .records import Preprocess
+from .records import MAX_PIXELS, Preprocess
+from .records import FailureKind as K
 
 # By content, never by extension. Everything else (EPS, PDF, PSD, FITS, SVG ...) is never handed to a codec.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
 SUPPORTED = "JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC/HEIF, AVIF"
-
-# Our own pixel cap, checked from the header before any pixel is decoded. It equals Pillow's hard
-# limit, so nothing between Pillow's warning and error thresholds is decoded at full size without draft.
-MAX_PIXELS = 2 * 89_478_485
 
 _heif_registered = False
 
@@ -41,7 +38,7 @@ def _register_heif() -> None:
 class DecodeError(Exception):
     """A per-file failure: `kind` is a short tag, the message says what is wrong and what to do."""
 
-    def __init__(self, kind: str, message: str):
+    def __init__(self, kind: K, message: str):
         super().__init__(message)
         self.kind = kind
         self.message = message
@@ -117,7 +114,7 @@ def sniff(data: bytes) -> str | None:
 def open_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open (not decode) an allowed image, checking the declared size before any pixel is read."""
     if not data:
-        raise DecodeError("empty", "the file is empty (0 bytes); re-copy or re-export it")
+        raise DecodeError(K.EMPTY, "the file is empty (0 bytes); re-copy or re-export it")
     _register_heif()
     try:
         with warnings.catch_warnings():
@@ -127,23 +124,23 @@ def open_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
         claimed = damaged_format(data)
         if claimed is not None:
             raise DecodeError(
-                "corrupt", f"starts like a {claimed} file but its header is damaged or unsupported; re-copy or re-export it"
+                K.CORRUPT, f"starts like a {claimed} file but its header is damaged or unsupported; re-copy or re-export it"
             ) from None
         what = sniff(data)
         seen = f" (the content is {what})" if what else ""
         raise DecodeError(
-            "not-an-image", f"not a supported image{seen}; supported formats are {SUPPORTED}"
+            K.NOT_AN_IMAGE, f"not a supported image{seen}; supported formats are {SUPPORTED}"
         ) from None
     except Image.DecompressionBombError:
-        raise DecodeError("too-large", "declares more pixels than the decompression-bomb limit") from None
+        raise DecodeError(K.TOO_LARGE, "declares more pixels than the decompression-bomb limit") from None
     except Exception as exc:  # noqa: BLE001 - codecs raise anything on malformed headers
-        raise DecodeError("corrupt", f"unreadable {_kind_of(exc)} in the image header; re-export the file") from None
+        raise DecodeError(K.CORRUPT, f"unreadable {_kind_of(exc)} in the image header; re-export the file") from None
     width, height = im.size
     if width <= 0 or height <= 0:
-        raise DecodeError("corrupt", f"declares an impossible size {width}x{height}; re-export the file")
+        raise DecodeError(K.CORRUPT, f"declares an impossible size {width}x{height}; re-export the file")
     if width * height > max_pixels:
         raise DecodeError(
-            "too-large",
+            K.TOO_LARGE,
             f"is {width}x{height} ({width * height / 1e6:.0f} MP), over the {max_pixels / 1e6:.0f} MP limit; "
             "downscale it and try again",
         )
@@ -178,10 +175,10 @@ def load_rgb(
     except DecodeError:
         raise
     except MemoryError:
-        raise DecodeError("too-large", "ran out of memory decoding this image; downscale it and try again") from None
+        raise DecodeError(K.TOO_LARGE, "ran out of memory decoding this image; downscale it and try again") from None
     except Exception as exc:  # noqa: BLE001 - truncated or corrupt data raises many types
         raise DecodeError(
-            "corrupt", f"{fmt} data is truncated or corrupt ({type(exc).__name__}); re-copy or re-export it"
+            K.CORRUPT, f"{fmt} data is truncated or corrupt ({type(exc).__name__}); re-copy or re-export it"
         ) from None
 
 

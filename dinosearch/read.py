@@ -1,4 +1,4 @@
-"""Read one file whole, and name its content. Standard library only: decode workers import it too.
+"""Read one file whole, and name its content. Standard library (and records) only: decode workers import it too.
 
 The size and mtime of a read come from the same open descriptor as its bytes, so a row never pairs
 one version's vector with another version's identity.
@@ -10,6 +10,8 @@ import hashlib
 import os
 import stat
 from dataclasses import dataclass
+
+from .records import FailureKind
 
 MAX_FILE_BYTES = 1 << 30  # a larger "image" is refused before it is read into memory
 
@@ -31,7 +33,7 @@ class Vanished(Exception):
 
 
 class Unreadable(Exception):
-    def __init__(self, kind: str, message: str):
+    def __init__(self, kind: FailureKind, message: str):
         super().__init__(message)
         self.kind, self.message = kind, message
 
@@ -46,15 +48,15 @@ def read_whole(path: str) -> FileBytes:
     except FileNotFoundError:
         raise Vanished(path) from None
     except PermissionError:
-        raise Unreadable("unreadable", "permission denied; make the file readable to index it") from None
+        raise Unreadable(FailureKind.UNREADABLE, "permission denied; make the file readable to index it") from None
     except OSError as exc:
-        raise Unreadable("unreadable", f"cannot open the file ({exc.strerror}); check it and run again") from None
+        raise Unreadable(FailureKind.UNREADABLE, f"cannot open the file ({exc.strerror}); check it and run again") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise Vanished(path)
         if st.st_size > MAX_FILE_BYTES:
-            raise Unreadable("too-large", f"the file is {st.st_size >> 20} MiB, over the {MAX_FILE_BYTES >> 20} MiB limit")
+            raise Unreadable(FailureKind.TOO_LARGE, f"the file is {st.st_size >> 20} MiB, over the {MAX_FILE_BYTES >> 20} MiB limit")
         chunks = []
         while True:
             chunk = os.read(fd, 1 << 20)
@@ -63,6 +65,6 @@ def read_whole(path: str) -> FileBytes:
             chunks.append(chunk)
         return FileBytes(st.st_size, st.st_mtime_ns, b"".join(chunks))
     except OSError as exc:
-        raise Unreadable("unreadable", f"read error ({exc.strerror}); check the disk and run again") from None
+        raise Unreadable(FailureKind.UNREADABLE, f"read error ({exc.strerror}); check the disk and run again") from None
     finally:
         os.close(fd)

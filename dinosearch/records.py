@@ -4,7 +4,32 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
+
+# Our own pixel cap, checked from an image's header before any pixel is decoded. It equals Pillow's
+# hard limit, so nothing between Pillow's warning and error thresholds is decoded at full size.
+MAX_PIXELS = 2 * 89_478_485
+
+
+class FailureKind(str, Enum):
+    """Why one file could not be used. The values are the strings users see (`failures`, the API)."""
+
+    EMPTY = "empty"
+    NOT_AN_IMAGE = "not-an-image"
+    UNSUPPORTED_FORMAT = "unsupported-format"
+    CORRUPT = "corrupt"
+    TOO_LARGE = "too-large"
+    UNREADABLE = "unreadable"
+    TIMEOUT = "timeout"
+    CRASHED = "crashed"
+    NOT_FOUND = "not-found"  # a query path that does not exist (never recorded: the walk only finds files)
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
 
 
 def display_path(path: str) -> str:
@@ -97,7 +122,7 @@ class Failure:
     """A file that could not be indexed, and what to do about it."""
 
     path: str
-    error: str  # a short kind: not-an-image, unsupported-format, corrupt, too-large, unreadable, timeout, crashed
+    error: str  # a FailureKind value
     message: str
 
     def to_dict(self) -> dict[str, str]:

@@ -13,13 +13,11 @@ import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import wait
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-import numpy as np
-
-from ._decode_worker import READY, worker_main
-from .decode import MAX_PIXELS
-from .records import Preprocess
+from ._decode_worker import READY, FileIdentity, WorkerDecoded, WorkerFailed, worker_main
+from .decode import Decoded
+from .records import MAX_PIXELS, FailureKind, Preprocess
 
 DEFAULT_TIMEOUT = 60.0  # seconds one file may take to decode
 DEFAULT_MEMORY_LIMIT = 4 << 30  # address space of one worker, bytes
@@ -27,20 +25,20 @@ STARTUP_TIMEOUT = 120.0  # seconds a new worker may take to start (not counted a
 MAX_STARTUP_FAILURES = 3  # workers dying before they are ready, in a row, before files are failed
 
 
-@dataclass(frozen=True)
-class Decoded:
-    task: Any
-    pixels: np.ndarray
-    width: int
-    height: int
-    format: str
-    read: tuple[int, int, str] | None = None  # (size, mtime_ns, content hash) when the worker read the file
+T = TypeVar("T")  # the caller's task: whatever it needs to know which file a result is for
 
 
 @dataclass(frozen=True)
-class DecodeFailed:
-    task: Any
-    error: str
+class DecodeDone(Generic[T]):
+    task: T
+    decoded: Decoded
+    read: FileIdentity | None = None  # when the worker read the file itself: the identity of those bytes
+
+
+@dataclass(frozen=True)
+class DecodeFailed(Generic[T]):
+    task: T
+    error: str  # a FailureKind value, or _decode_worker.VANISHED
     message: str
 
 
@@ -75,8 +73,8 @@ class _Worker:
         return f"exit status {code}"
 
 
-class DecodePool:
-    """Submit (task, bytes or path); read Decoded / DecodeFailed records from `results`, one per task."""
+class DecodePool(Generic[T]):
+    """Submit (task, bytes or path); read DecodeDone / DecodeFailed records from `results`, one per task."""
 
     def __init__(
         self,
@@ -96,7 +94,7 @@ class DecodePool:
         self._inbox: queue.Queue = queue.Queue(maxsize=max(2, workers))
         self.results: queue.Queue = results if results is not None else queue.Queue()
         self._workers = [_Worker(self._ctx, self._args) for _ in range(max(1, workers))]
-        self._retry: list[tuple[Any, bytes | str]] = []  # tasks whose worker died before taking them
+        self._retry: list[tuple[T, bytes | str]] = []  # tasks whose worker died before taking them
         self._stop = threading.Event()
         self.replaced = 0  # workers replaced after a crash or a timeout
         self._startup_failures = 0  # workers in a row that died before they were ready
@@ -109,8 +107,8 @@ class DecodePool:
         """Why no decode worker can start at all (every file then fails with this), else None."""
         return self._broken
 
-    def submit(self, task: Any, source: bytes | str) -> None:
-        """Decode `source`: a file's bytes, or its path (read and hashed by the worker; see Decoded.read).
+    def submit(self, task: T, source: bytes | str) -> None:
+        """Decode `source`: a file's bytes, or its path (read and hashed by the worker; see DecodeDone.read).
 
         Blocks while every worker is busy and the inbox is full (bounded memory)."""
         while not self._stop.is_set():
@@ -150,77 +148,80 @@ class DecodePool:
                     task, _ = self._retry.pop() if self._retry else self._inbox.get(timeout=0.05)
                 except queue.Empty:
                     continue
-                self.results.put(DecodeFailed(task, "crashed", self._broken))
+                self.results.put(DecodeFailed(task, FailureKind.CRASHED, self._broken))
                 continue
-            # Hand a task to every ready, idle worker, unless the model is behind and results pile up.
-            # A worker still starting gets nothing: a send could block on it, and its startup must not
-            # count against any file's timeout.
-            for i, w in enumerate(self._workers):
-                if w.ready and w.task is None and self.results.qsize() < self._max_ready:
-                    try:
-                        task, source = self._retry.pop() if self._retry else self._inbox.get_nowait()
-                    except queue.Empty:
-                        break
-                    try:
-                        w.conn.send((0, source))
-                    except (OSError, ValueError):  # the worker died while idle: retry on a fresh one
-                        self._replace(i)
-                        self._retry.append((task, source))
-                        continue
-                    w.task, w.deadline = task, time.monotonic() + self._timeout
+            self._hand_out()
             watched = [w for w in self._workers if w.task is not None or not w.ready]
             if not watched:
                 time.sleep(0.005)
                 continue
-            ready = wait([w.conn for w in watched] + [w.proc.sentinel for w in watched], timeout=0.05)
-            now = time.monotonic()
-            for i, w in enumerate(self._workers):
-                if self._broken is not None:
+            self._collect(wait([w.conn for w in watched] + [w.proc.sentinel for w in watched], timeout=0.05))
+
+    def _hand_out(self) -> None:
+        """A task to every ready, idle worker, unless the model is behind and results pile up. A worker
+        still starting gets nothing: a send could block on it, and its startup must not count against
+        any file's timeout."""
+        for i, w in enumerate(self._workers):
+            if w.ready and w.task is None and self.results.qsize() < self._max_ready:
+                try:
+                    task, source = self._retry.pop() if self._retry else self._inbox.get_nowait()
+                except queue.Empty:
                     break
-                if w.task is None and w.ready:
+                try:
+                    w.conn.send(source)
+                except (OSError, ValueError):  # the worker died while idle: retry on a fresh one
+                    self._replace(i)
+                    self._retry.append((task, source))
                     continue
-                if w.conn in ready:
-                    try:
-                        reply = w.conn.recv()
-                    except (EOFError, OSError):
-                        reply = None
-                    if reply == READY and not w.ready:
-                        w.ready = True
-                        self._startup_failures = 0
-                        continue
-                    if reply is not None and w.task is not None:
-                        task, w.task = w.task, None
-                        if reply[1]:
-                            self.results.put(Decoded(task, *reply[2:7]))
-                        else:
-                            self.results.put(DecodeFailed(task, reply[2], reply[3]))
-                        continue
-                dead = w.conn in ready or w.proc.sentinel in ready or not w.proc.is_alive()
-                if not w.ready and (dead or now > w.deadline):
-                    why = w.exit_description() if dead else f"not ready within {STARTUP_TIMEOUT:.0f} s"
-                    self._startup_failed(i, f"a decode worker could not start ({why})")
-                elif dead:
-                    self.results.put(
-                        DecodeFailed(
-                            w.task,
-                            "crashed",
-                            f"the decoder crashed on this file ({w.exit_description()}); "
-                            "it may be corrupt or hostile — re-export it",
-                        )
+                w.task, w.deadline = task, time.monotonic() + self._timeout
+
+    def _collect(self, ready: list[Any]) -> None:
+        """Replies, exits and deadlines of the workers: every task ends in exactly one result."""
+        now = time.monotonic()
+        for i, w in enumerate(self._workers):
+            if self._broken is not None:
+                break
+            if w.task is None and w.ready:
+                continue
+            if w.conn in ready:
+                try:
+                    reply = w.conn.recv()
+                except (EOFError, OSError):
+                    reply = None
+                if reply == READY and not w.ready:
+                    w.ready = True
+                    self._startup_failures = 0
+                    continue
+                if reply is not None and w.task is not None:
+                    task, w.task = w.task, None
+                    self.results.put(_result(task, reply))
+                    continue
+            dead = w.conn in ready or w.proc.sentinel in ready or not w.proc.is_alive()
+            if not w.ready and (dead or now > w.deadline):
+                why = w.exit_description() if dead else f"not ready within {STARTUP_TIMEOUT:.0f} s"
+                self._startup_failed(i, f"a decode worker could not start ({why})")
+            elif dead:
+                self.results.put(
+                    DecodeFailed(
+                        w.task,
+                        FailureKind.CRASHED,
+                        f"the decoder crashed on this file ({w.exit_description()}); "
+                        "it may be corrupt or hostile — re-export it",
                     )
-                    w.task = None
-                    self._replace(i)
-                elif now > w.deadline:
-                    self.results.put(
-                        DecodeFailed(
-                            w.task,
-                            "timeout",
-                            f"decoding took longer than {self._timeout:g} s and was stopped; "
-                            "the file may be hostile — re-export it",
-                        )
+                )
+                w.task = None
+                self._replace(i)
+            elif now > w.deadline:
+                self.results.put(
+                    DecodeFailed(
+                        w.task,
+                        FailureKind.TIMEOUT,
+                        f"decoding took longer than {self._timeout:g} s and was stopped; "
+                        "the file may be hostile — re-export it",
                     )
-                    w.task = None
-                    self._replace(i)
+                )
+                w.task = None
+                self._replace(i)
 
     def _startup_failed(self, i: int, why: str) -> None:
         """A worker died (or hung) before it was ready: no file is to blame, unless none can start at all."""
@@ -230,8 +231,14 @@ class DecodePool:
             self._broken = f"{why}; check the installation and run again"
             for w in self._workers:
                 if w.task is not None:
-                    self.results.put(DecodeFailed(w.task, "crashed", self._broken))
+                    self.results.put(DecodeFailed(w.task, FailureKind.CRASHED, self._broken))
                     w.task = None
                 w.kill()
             return
         self._replace(i)
+
+
+def _result(task: T, reply: WorkerDecoded | WorkerFailed) -> DecodeDone[T] | DecodeFailed[T]:
+    if isinstance(reply, WorkerDecoded):
+        return DecodeDone(task, reply.decoded, reply.read)
+    return DecodeFailed(task, reply.kind, reply.message)
