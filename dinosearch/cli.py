@@ -12,6 +12,7 @@ import typer
 
 from . import settings
 from .errors import DinosearchError
+from .filters import FilterError, parse_where
 from .records import display_path
 
 if TYPE_CHECKING:
@@ -145,7 +146,10 @@ def query(
     """Print the indexed images most like IMAGE(s)."""
 
     def go() -> None:
-        filters = _parse_where(where or [])
+        try:
+            filters = parse_where(where or [])
+        except FilterError as exc:
+            raise DinosearchError(f"--where: {exc}") from None
         with _open(index, create=False, model=model or settings.model_from_env(), device=device.value,
                    backend=backend.value, precision=precision.value) as ix:
             hits = ix.search(*images, k=k, min_score=min_score, where=filters)
@@ -197,16 +201,6 @@ def failures(index: Optional[Path] = IndexOpt, as_json: bool = JsonOpt) -> None:
             typer.echo(f"{_safe(display_path(f.path))}\n    {f.error}: {f.message}")
 
     _run(go)
-
-
-def _parse_where(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise DinosearchError(f"--where takes key=value, got {item!r}")
-        out[key] = value
-    return out
 
 
 def _describe(meta: dict[str, Any] | None) -> str:
@@ -294,7 +288,7 @@ def serve(
 
         # Settings only: the app itself is imported by uvicorn from the string below.
         from .accel import backend_device, check_backend
-        from .web.settings import ENV_VAR, WebSettings, check_bind
+        from .settings import ENV_VAR, WebSettings, check_bind
 
         check_bind(host, api_key, insecure_no_api_key)
         # The model loads once the server is up: refuse an impossible backend now, in one line.

@@ -12,7 +12,7 @@ from typing import Any
 
 from starlette.exceptions import HTTPException
 
-from .settings import normalise_host
+from ..settings import normalise_host
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -17,7 +17,8 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from ..decode import DecodeError
 from ..errors import UnknownImageError
-from ..records import Hit, display_path
+from ..filters import FilterError, parse_where
+from ..records import FailureKind, Hit, display_path
 from . import auth
 from .engine import QueryEngine
 from .media import Gone, Thumbnails, iter_file, open_original
@@ -221,22 +222,16 @@ def _parse_k(values: list[Any], max_k: int) -> int:
 
 
 def _parse_where(items: list[str]) -> dict[str, str]:
-    if len(items) > MAX_WHERE:
-        raise HTTPException(422, f"where: at most {MAX_WHERE} filters")
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key or len(item) > 1000:
-            raise HTTPException(422, "where: each filter is key=value, e.g. where=colour=red")
-        out[key] = value.strip()
-    return out
+    try:
+        return parse_where(items, max_filters=MAX_WHERE)
+    except FilterError as exc:
+        raise HTTPException(422, f"where: {exc}") from None
 
 
 def _decode_status(kind: str) -> int:
-    if kind == "too-large":
+    if kind == FailureKind.TOO_LARGE:
         return 413
-    if kind in ("not-an-image", "unsupported-format", "empty"):
+    if kind in (FailureKind.NOT_AN_IMAGE, FailureKind.UNSUPPORTED_FORMAT, FailureKind.EMPTY):
         return 415
     return 422  # corrupt, truncated, crashed or timed out: an image we could not use
 
