@@ -63,7 +63,7 @@ def schema_is_current(index_dir: Path) -> bool:
 
 def check_reader_view(index_dir: Path, dim: int) -> None:
     """What a reader (query, server) would load right now: exactly SQLite's ids and vectors."""
-    from dinosearch.store import vectors
+    from dinosearch.store import vectorindex as vectors
     from dinosearch.store.catalogue import Catalogue
 
     if not schema_is_current(index_dir):
@@ -90,7 +90,7 @@ def check_final(index_dir: Path, reference: dict[str, Row], dim: int) -> None:
     """A clean run's result: same paths, contents and vectors; FAISS file == SQLite; each image is its own top hit."""
     import faiss
 
-    from dinosearch.store import vectors
+    from dinosearch.store import vectorindex as vectors
     from dinosearch.store.catalogue import Catalogue
 
     got = rows(index_dir)

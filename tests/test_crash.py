@@ -285,7 +285,7 @@ CORRUPTIONS = {
 @pytest.mark.parametrize("damage", sorted(CORRUPTIONS))
 def test_a_broken_faiss_file_is_rebuilt_from_sqlite(built: Path, tmp_path: Path, damage: str) -> None:
     from dinosearch import Index
-    from dinosearch.store import vectors
+    from dinosearch.store import vectorindex as vectors
     from dinosearch.store.catalogue import Catalogue
 
     index_dir = tmp_path / "index"
@@ -350,7 +350,7 @@ def test_disk_full_while_writing_the_faiss_file(small_disk: Path, tmp_path: Path
     """The rows are committed; the vector file is not written: a clear error, the previous file intact, no temp file."""
     from dinosearch import Index
     from dinosearch.errors import DinosearchError
-    from dinosearch.store import vectors
+    from dinosearch.store import vectorindex as vectors
 
     root, index_dir = tmp_path / "photos", small_disk / "index"
     _write_tree(root, {f"p{i}.jpg": 400 + i for i in range(4)})
@@ -453,7 +453,8 @@ def test_every_earlier_schema_is_migrated_on_open(tmp_path: Path, revision: str 
     from sqlalchemy import create_engine, inspect
 
     from dinosearch.store import schema
-    from dinosearch.store.catalogue import Catalogue, current_revision
+    from dinosearch.store.catalogue import Catalogue
+    from dinosearch.store.engine import current_revision
     from dinosearch.store.migrate import upgrade
 
     index_dir = tmp_path / "index"

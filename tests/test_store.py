@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import create_engine
 
 from dinosearch.errors import SchemaTooNewError
-from dinosearch.store import vectors as vector_store
+from dinosearch.store import vectorindex as vector_store
 from dinosearch.store.catalogue import Catalogue, ImageRow, vector_bytes
 from dinosearch.store.layout import peek_vectors
 from dinosearch.store.migrate import head
@@ -95,9 +95,6 @@ def test_sqlite_file_is_a_real_database_readable_by_sqlalchemy(tmp_path: Path) -
 
 
 def test_header_peek_agrees_with_faiss(tmp_path: Path) -> None:
-    from dinosearch import api, decode
-
-    assert api.MAX_PIXELS == decode.MAX_PIXELS
     cat = Catalogue(tmp_path / "ix")
     _fill(cat, 7)
     gen = vector_store.save(vector_store.build(cat, 8), cat, 8, cat.version())

@@ -3,85 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
 import time
-from contextlib import nullcontext
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, Integer, Text, bindparam, cast, create_engine, delete, event, func, insert, select, text, update
+from sqlalchemy import Engine, Integer, Text, bindparam, cast, delete, func, insert, select, update
 
-from ..errors import DinosearchError, SchemaTooNewError
 from ..records import Failure
-from . import schema
+from .engine import open_engine
 from .layout import DB_NAME, VERSION_KEY, disk_bytes
-from .lock import WriterLock
 from .schema import failures, images, settings
 
-
-
-def path_key(path: str) -> bytes:
-    """A path as the bytes stored in SQLite."""
-    return os.fsencode(path)
-
-
-def path_of(key: bytes) -> str:
-    return os.fsdecode(key)
-
-
-def prefix_range(root: str) -> tuple[bytes, bytes]:
-    """[lo, hi) of the stored keys of every path strictly below `root` (BLOBs compare by bytes)."""
-    lo = path_key(root.rstrip(os.sep) + os.sep)
-    return lo, lo[:-1] + bytes([lo[-1] + 1])
-
-
-def vector_bytes(vector: np.ndarray) -> bytes:
-    return np.asarray(vector, dtype="<f4").tobytes()
-
-
-def vector_from(blob: bytes) -> np.ndarray:
-    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
-
-
-@dataclass(frozen=True)
-class Known:
-    """What the catalogue knows of a path: enough to skip it unchanged without opening it."""
-
-    id: int
-    size: int
-    mtime_ns: int
-    content_hash: str
-
-
-@dataclass(frozen=True)
-class ImageRow:
-    """A row to write: a new image, or new content for an existing id."""
-
-    path: str
-    root: str
-    size: int
-    mtime_ns: int
-    content_hash: str
-    vector: bytes
-    width: int | None = None
-    height: int | None = None
-    format: str | None = None
-    meta: dict[str, Any] | None = None
-    id: int | None = None  # set: update this row in place (its id stays stable)
-
-
-@dataclass(frozen=True)
-class FailureRow:
-    path: str
-    root: str
-    size: int
-    mtime_ns: int
-    error: str
-    message: str
+# Row records and encodings live in rows.py; re-exported here, where callers meet them.
+from .rows import CHUNK, FailureRow, ImageRow, Known, chunks, path_key, path_of, prefix_range, vector_bytes, vector_from  # noqa: E402,F401
 
 
 class Catalogue:
@@ -90,25 +26,7 @@ class Catalogue:
         self.db_path = self.dir / DB_NAME
         if create:
             self.dir.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = create_engine(f"sqlite:///{self.db_path}")
-        event.listen(self.engine, "connect", _pragmas)
-        # pysqlite would run DDL outside any transaction: BEGIN ourselves, so that a migration killed
-        # halfway leaves the database as it was (SQLAlchemy's recipe for transactional SQLite).
-        event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
-        event.listen(self.engine, "handle_error", self._storage_error)
-        migrate(self.engine, self.dir)
-
-    def _storage_error(self, context: Any) -> None:
-        """A full or read-only disk is a clear run-level error, not a driver traceback."""
-        err = context.original_exception
-        text_ = str(err)
-        if isinstance(err, sqlite3.OperationalError) and any(
-            s in text_ for s in ("database or disk is full", "disk I/O error", "readonly database", "unable to open database file")
-        ):
-            raise DinosearchError(
-                f"cannot write to {self.db_path} ({text_}): is its disk full or read-only? Free some space "
-                "(or fix its permissions) and run again; everything committed before is kept"
-            ) from err
+        self.engine: Engine = open_engine(self.db_path, self.dir)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -195,8 +113,8 @@ class Catalogue:
         out: dict[int, dict[str, Any]] = {}
         cols = (images.c.id, images.c.path, images.c.meta_json, images.c.width, images.c.height, images.c.format)
         with self.engine.connect() as conn:
-            for start in range(0, len(ids), 500):
-                for id_, key, meta, w, h, fmt in conn.execute(select(*cols).where(images.c.id.in_(ids[start : start + 500]))):
+            for part in chunks(ids):
+                for id_, key, meta, w, h, fmt in conn.execute(select(*cols).where(images.c.id.in_(part))):
                     out[id_] = {
                         "path": path_of(key),
                         "metadata": json.loads(meta) if meta else None,
@@ -256,8 +174,8 @@ class Catalogue:
         ids: list[int] = []
         with self.engine.begin() as conn:
             done = [path_key(r.path) for r in rows] + [path_key(p) for p in clear_failures]
-            for start in range(0, len(done), 500):
-                conn.execute(delete(failures).where(failures.c.path.in_(done[start : start + 500])))
+            for part in chunks(done):
+                conn.execute(delete(failures).where(failures.c.path.in_(part)))
             for r in rows:
                 values = dict(
                     path=path_key(r.path),
@@ -280,9 +198,9 @@ class Catalogue:
                     ids.append(int(conn.execute(insert(images).values(**values)).inserted_primary_key[0]))
             if failed:
                 keys = [path_key(f.path) for f in failed]
-                for start in range(0, len(keys), 500):
-                    conn.execute(delete(failures).where(failures.c.path.in_(keys[start : start + 500])))
-                    conn.execute(delete(images).where(images.c.path.in_(keys[start : start + 500])))
+                for part in chunks(keys):
+                    conn.execute(delete(failures).where(failures.c.path.in_(part)))
+                    conn.execute(delete(images).where(images.c.path.in_(part)))
                 conn.execute(
                     insert(failures),
                     [
@@ -307,10 +225,10 @@ class Catalogue:
         fkeys = [path_key(p) for p in failed_paths]
         removed = 0
         with self.engine.begin() as conn:
-            for start in range(0, len(keys), 500):
-                removed += conn.execute(delete(images).where(images.c.path.in_(keys[start : start + 500]))).rowcount
-            for start in range(0, len(fkeys), 500):
-                conn.execute(delete(failures).where(failures.c.path.in_(fkeys[start : start + 500])))
+            for part in chunks(keys):
+                removed += conn.execute(delete(images).where(images.c.path.in_(part))).rowcount
+            for part in chunks(fkeys):
+                conn.execute(delete(failures).where(failures.c.path.in_(part)))
             _bump(conn)
         return removed
 
@@ -350,43 +268,3 @@ def _bump(conn: Any) -> None:
     ).rowcount
     if not updated:
         conn.execute(insert(settings).values(key=VERSION_KEY, value="1"))
-
-
-def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-    dbapi_conn.isolation_level = None  # transactions are begun by the "begin" listener
-    cur = dbapi_conn.cursor()
-    # WAL: readers (the server) never block the writer; NORMAL is durable at every checkpoint and
-    # loses no committed transaction on a process crash.
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.close()
-
-
-def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as conn:
-        has = conn.execute(
-            text("SELECT name FROM sqlite_master WHERE type='table' AND name='alembic_version'")
-        ).scalar()
-        if not has:
-            return None
-        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-
-
-def migrate(engine: Engine, index_dir: Path | None = None) -> None:
-    """Bring the database to SCHEMA_REVISION; refuse one written by a newer dinosearch.
-
-    Migrations run under the writer lock, so two processes opening a new index never both migrate.
-    """
-    rev = current_revision(engine)
-    if rev == schema.SCHEMA_REVISION:
-        return  # the common case costs one query and never imports Alembic
-    from .migrate import known_revisions, upgrade
-
-    if rev is not None and rev not in known_revisions():
-        raise SchemaTooNewError(
-            f"this index was written by a newer dinosearch (schema {rev}); upgrade dinosearch to open it"
-        )
-    with WriterLock(index_dir) if index_dir is not None else nullcontext():
-        if current_revision(engine) != schema.SCHEMA_REVISION:
-            upgrade(engine)

@@ -1,7 +1,7 @@
 """What an index directory holds, named in one place, importable without SQLAlchemy, NumPy or FAISS.
 
     catalogue.sqlite3        SQLite (WAL): images, failures, settings, alembic_version
-    vectors-<gen>.faiss      FAISS IndexIDMap2 over IndexFlatIP, keyed by the images row id
+    vectors-<gen>.faiss      the FAISS index (its type is recorded in settings), keyed by the images row id
     writer.lock              the writer lock (held by `index` while it writes)
     cache/                   what can be made again: the model converted for --backend onnxruntime
 
@@ -24,9 +24,16 @@ SCHEMA_REVISION = "0001"
 # Keys of the settings table (values are JSON).
 VERSION_KEY = "version"  # an integer bumped by every write to the catalogue
 MODEL_KEY = "model"  # the ModelFingerprint of the model that made the vectors
-GENERATION_KEY = "faiss"  # the FAISS file written last: {"generation", "count", "dim", "version", "bytes"}
+GENERATION_KEY = "faiss"  # the FAISS file written last: {"generation", "type", "count", "dim", "version", "bytes"}
 
-INDEX_TYPE = "IDMap2,Flat"
+# The FAISS factory string of the exact index: an id map (the images row id) over flat inner product.
+# Files written before the type was recorded are of this type.
+FLAT = "IDMap2,Flat"
+
+
+def recorded_type(state: dict) -> str:
+    """The FAISS factory string of the file a GENERATION_KEY setting describes."""
+    return str(state.get("type") or FLAT)
 
 
 def vectors_file(index_dir: Path, generation: int) -> Path:
@@ -53,6 +60,8 @@ def vectors_current(index_dir: Path, state: dict, *, version: int, dim: int, ima
     this catalogue `version` and holds `images` vectors of `dim`, by its own header too."""
     if state.get("version") != version or state.get("dim") != dim or state.get("count") != images:
         return False
+    if recorded_type(state) != FLAT:
+        return False  # only the flat file's header is read here
     return peek_vectors(vectors_file(index_dir, int(state.get("generation", 0)))) == (dim, images)
 
 

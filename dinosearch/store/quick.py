@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..records import Stats
-from .layout import DB_NAME, GENERATION_KEY, INDEX_TYPE, MODEL_KEY, SCHEMA_REVISION, VERSION_KEY, disk_bytes, vectors_current
+from .layout import DB_NAME, GENERATION_KEY, MODEL_KEY, SCHEMA_REVISION, VERSION_KEY, disk_bytes, recorded_type, vectors_current
 
 
 def quick_stats(index_dir: Path) -> Stats | None:
@@ -48,9 +48,10 @@ def quick_stats(index_dir: Path) -> Stats | None:
         conn.close()
 
     model = settings.get(MODEL_KEY) or None
+    state = settings.get(GENERATION_KEY) or {}
     if model is not None:
         version = int(settings.get(VERSION_KEY) or 0)
-        current = vectors_current(index_dir, settings.get(GENERATION_KEY) or {}, version=version, dim=model.get("dim"), images=images)
+        current = vectors_current(index_dir, state, version=version, dim=model.get("dim"), images=images)
         if not current:
             return None  # the FAISS file is behind SQLite: the full path rebuilds it
     return Stats(
@@ -59,6 +60,6 @@ def quick_stats(index_dir: Path) -> Stats | None:
         failed=failed,
         model=model.get("model") if model else None,
         dim=model.get("dim") if model else None,
-        index_type=INDEX_TYPE,
+        index_type=recorded_type(state),
         bytes=disk_bytes(index_dir),
     )

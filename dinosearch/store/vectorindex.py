@@ -1,22 +1,32 @@
-"""The FAISS index: a cache of the catalogue's vectors, keyed by row id, written atomically.
+"""The vector index: the whole FAISS lifecycle, a cache of the catalogue's vectors keyed by row id.
 
-The file is `vectors-<generation>.faiss`; its generation, count and dim go into SQLite only after the
-file is durably in place. On load, any mismatch with SQLite means a rebuild from SQLite, never wrong ids.
+- `index_type` / `make_index`: the one place where the kind of FAISS index is chosen and named (a FAISS
+  factory string, recorded with each file so readers know what they map).
+- `build` / `load` / `save`: a fresh index from SQLite; the current file when it matches SQLite exactly,
+  else a rebuild; a new generation written atomically.
+- `VectorIndex`: the in-memory copy a process searches, kept in step with SQLite (`refresh` for
+  readers, `sync` for the writer).
+
+The file is `vectors-<generation>.faiss`; its generation, type, count and dim go into SQLite only
+after the file is durably in place. On load, any mismatch with SQLite means a rebuild from SQLite,
+never wrong ids.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import DinosearchError
+from ..errors import DinosearchError, IndexLockedError
 from .catalogue import Catalogue
-from .layout import GENERATION_KEY, vectors_current, vectors_file
+from .layout import FLAT, GENERATION_KEY, recorded_type, vectors_current, vectors_file
+from .lock import WriterLock
 
 
 def _faiss() -> Any:
@@ -46,9 +56,19 @@ def count_if_current(catalogue: Catalogue, dim: int) -> int | None:
     return images if vectors_current(catalogue.dir, state, version=catalogue.version(), dim=dim, images=images) else None
 
 
-def empty_index(dim: int) -> Any:
+def index_type(count: int) -> str:
+    """The FAISS factory string for a collection of `count` vectors: exact inner-product search."""
+    return FLAT
+
+
+def make_index(dim: int, kind: str = FLAT) -> Any:
+    """An empty index of `kind` (a FAISS factory string) over `dim`-dimensional vectors, inner product."""
     faiss = _faiss()
-    return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    return faiss.index_factory(dim, kind, faiss.METRIC_INNER_PRODUCT)
+
+
+def empty_index(dim: int) -> Any:
+    return make_index(dim, index_type(0))
 
 
 def max_id(index: Any) -> int:
@@ -59,7 +79,7 @@ def max_id(index: Any) -> int:
 
 def build(catalogue: Catalogue, dim: int) -> Any:
     """A fresh index of every vector in SQLite."""
-    index = empty_index(dim)
+    index = make_index(dim, index_type(catalogue.count_images()))
     for ids, vecs in catalogue.iter_vectors():
         if vecs.shape[1] != dim:
             raise DinosearchError(f"stored vectors have {vecs.shape[1]} dimensions, the model {dim}")
@@ -109,7 +129,7 @@ def _matches(index: Any, catalogue: Catalogue, dim: int, state: dict[str, Any]) 
     faiss = _faiss()
     if index.d != dim or int(state.get("dim", -1)) != dim:
         return False
-    if not isinstance(index, faiss.IndexIDMap2):
+    if recorded_type(state) != FLAT or not isinstance(index, faiss.IndexIDMap2):
         return False
     if state.get("version") != catalogue.version():
         return False  # rows were written after this file: their vectors may differ even at equal ids
@@ -143,7 +163,12 @@ def save(index: Any, catalogue: Catalogue, dim: int, version: int) -> int:
             ) from None
         raise DinosearchError(f"could not write the vector index in {catalogue.dir}: {exc}") from None
     catalogue.set_settings(
-        {GENERATION_KEY: {"generation": generation, "count": int(index.ntotal), "dim": dim, "version": version, "bytes": size}}
+        {
+            GENERATION_KEY: {
+                "generation": generation, "type": FLAT, "count": int(index.ntotal), "dim": dim,
+                "version": version, "bytes": size,
+            }
+        }
     )
     remove_stale(catalogue.dir, keep=generation)
     return generation
@@ -194,3 +219,78 @@ def search(index: Any, queries: np.ndarray, k: int, ids: np.ndarray | None = Non
         params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64)))
         return index.search(q, k, params=params)
     return index.search(q, k)
+
+
+class VectorIndex:
+    """The in-memory FAISS index of one index directory, kept in step with SQLite. Thread-safe.
+
+    Readers call `refresh`, which loads a new generation when the writer saved one (or rebuilds from
+    SQLite when the file does not match) and, between generations, adds the rows committed since.
+    The writer calls `sync` after a run, which saves a new generation when anything changed.
+    """
+
+    def __init__(self, catalogue: Catalogue):
+        self.catalogue = catalogue
+        self._lock = threading.RLock()  # a server's threads share one copy
+        self._loaded: LoadedVectors | None = None
+        self._version = -1  # the catalogue version the in-memory copy reflects
+        self._max_id = 0  # the highest id in it: rows committed later have higher ids
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded is not None
+
+    def refresh(self, dim: int) -> LoadedVectors:
+        """The vectors as SQLite has them now, for `dim`-dimensional vectors."""
+        with self._lock:
+            state = self.catalogue.get_setting(GENERATION_KEY) or {}
+            generation = int(state.get("generation", 0))
+            version = self.catalogue.version()
+            if self._loaded is None or generation != self._loaded.generation:
+                self._set(load(self.catalogue, dim), version)
+                if self._loaded is not None and self._loaded.rebuilt and self._loaded.count:
+                    self._persist_rebuild(dim)
+            elif version != self._version:
+                self._add_since(version)
+            assert self._loaded is not None
+            return self._loaded
+
+    def _add_since(self, version: int) -> None:
+        """Rows a running `index` committed since the last look: added without a rebuild. Rows it deleted
+        stay in memory until the next generation; search drops them (SQLite no longer has them)."""
+        assert self._loaded is not None
+        for ids, vecs in self.catalogue.iter_vectors(after=self._max_id):
+            self._loaded.index.add_with_ids(np.ascontiguousarray(vecs), ids)
+            self._max_id = int(ids[-1])
+        self._version = version
+
+    def sync(self, dim: int, *, force: bool) -> None:
+        """Make the file match SQLite (the caller holds the writer lock): a new generation when the
+        catalogue changed (`force`) or the file is missing or stale; else only old generations go."""
+        state = self.catalogue.get_setting(GENERATION_KEY) or {}
+        version = self.catalogue.version()
+        if not force and state.get("version") == version and vectors_file(self.catalogue.dir, state.get("generation", 0)).exists():
+            remove_stale(self.catalogue.dir, keep=int(state.get("generation", 0)))  # a killed run's leftovers
+            return
+        index = build(self.catalogue, dim)
+        generation = save(index, self.catalogue, dim, version)
+        with self._lock:
+            self._set(LoadedVectors(index, generation, rebuilt=False), version)
+
+    def count_if_current(self, dim: int) -> int | None:
+        """The vector count without loading anything, when the file on disk is known to be current."""
+        return None if self._loaded is not None else count_if_current(self.catalogue, dim)
+
+    def _set(self, loaded: LoadedVectors, version: int) -> None:
+        self._loaded, self._version = loaded, version
+        self._max_id = max_id(loaded.index)
+
+    def _persist_rebuild(self, dim: int) -> None:
+        # A reader that had to rebuild saves its work when no writer is busy; otherwise the writer will.
+        try:
+            with WriterLock(self.catalogue.dir):
+                assert self._loaded is not None
+                if self.catalogue.version() == self._version:
+                    self._loaded.generation = save(self._loaded.index, self.catalogue, dim, self._version)
+        except (IndexLockedError, DinosearchError, OSError):
+            pass
