@@ -7,15 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from .embed import l2_normalise
 from .records import Hit
-from .store import vectors as vector_store
+from .store import vectorindex
 from .store.catalogue import Catalogue
-
-
-def mean_query(vectors: list[np.ndarray]) -> np.ndarray:
-    """Several query images -> one query: the normalised mean of their unit vectors. (dim,) float32."""
-    return l2_normalise(np.mean(np.stack(vectors), axis=0, keepdims=True))[0]
 
 
 def search(
@@ -42,7 +36,7 @@ def search(
             return []
     want = k + len(exclude_ids)
     while True:
-        scores, ids = vector_store.search(index, query.reshape(1, -1), want, ids=allowed)
+        scores, ids = vectorindex.search(index, query.reshape(1, -1), want, ids=allowed)
         pairs = [
             (int(i), float(s))
             for s, i in zip(scores[0], ids[0])

@@ -27,7 +27,7 @@ from .engine import ModelUnavailable, Overloaded, QueryEngine
 from .guard import Guard
 from .media import Thumbnails
 from .routes import api, media
-from .settings import WebSettings, allowed_host_names
+from ..settings import WebSettings, allowed_host_names
 
 log = logging.getLogger("dinosearch.web")
 HERE = Path(__file__).parent
@@ -45,11 +45,8 @@ def app_from_env() -> FastAPI:
     return create_app(WebSettings.from_env(os.environ))
 
 
-def create_app(settings: WebSettings, *, index: Index | None = None) -> FastAPI:
-    """The app over the index in `settings.index_dir` (or over `index`, which the caller then owns).
-
-    The index is opened and the model thread started when the app starts (lifespan), not here.
-    """
+def _lifespan(settings: WebSettings, index: Index | None) -> Callable[[FastAPI], Any]:
+    """Open the index and start the model thread when the app starts; stop and close them at the end."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -79,13 +76,21 @@ def create_app(settings: WebSettings, *, index: Index | None = None) -> FastAPI:
             if index is None:
                 ix.close()
 
+    return lifespan
+
+
+def create_app(settings: WebSettings, *, index: Index | None = None) -> FastAPI:
+    """The app over the index in `settings.index_dir` (or over `index`, which the caller then owns).
+
+    The index is opened and the model thread started when the app starts (lifespan), not here.
+    """
     app = FastAPI(
         title="dinosearch",
         version=__version__,
         description="Image similarity search over a local index (DINOv2 + FAISS + SQLite).",
         docs_url="/docs",
         redoc_url=None,
-        lifespan=lifespan,
+        lifespan=_lifespan(settings, index),
     )
     app.state.settings = settings
     app.state.thumbnails = Thumbnails(size=settings.thumb_size, cache_bytes=settings.thumb_cache_bytes)

@@ -2,9 +2,10 @@
 
 - Index reads (search, similar, stats) run in worker threads under one lock: `Index` reloads a new
   vector generation lazily, and two threads must not do that at once.
-- Uploads: content hash first (an already indexed file reuses its stored vector and never touches
-  the model); otherwise decode in a sandboxed process (dinosearch.workers.DecodePool), then one model
-  thread embeds whatever has queued up meanwhile as one batch. At most `queue_size` uploads are in
+- Uploads: the index's one query path first (query.QueryVectors.stored: an already indexed file reuses
+  its stored vector and never touches the model); otherwise decode in a sandboxed process
+  (dinosearch.workers.DecodePool), then one model thread embeds whatever has queued up meanwhile as
+  one batch: what is web-specific here is that micro-batching, the admission and the bounded queue. At most `queue_size` uploads are in
   flight; the next one gets `Overloaded` (the web layer answers 503 + Retry-After).
 """
 
@@ -25,9 +26,8 @@ import numpy as np
 
 from ..api import Index
 from ..decode import DecodeError, decode
-from ..read import content_hash
 from ..records import Preprocess
-from ..store.catalogue import vector_from
+from ..workers import DecodeFailed
 
 log = logging.getLogger("dinosearch.web")
 T = TypeVar("T")
@@ -113,13 +113,12 @@ class QueryEngine:
     # uploads ------------------------------------------------------------------------------------
     async def vector_of_upload(self, data: bytes) -> np.ndarray:
         """Image file bytes -> (dim,) unit vector. Raises DecodeError, Overloaded or ModelUnavailable."""
-        catalogue = self.index.catalogue
         if self._pending >= self.queue_size:
             raise Overloaded()  # refuse at once: under overload even the hash lookup competes for the CPU
         # Hashing 20 MB takes tens of ms: in the thread too, not on the event loop.
-        stored = await anyio.to_thread.run_sync(lambda: catalogue.vector_for_hash(content_hash(data)))
+        stored = await anyio.to_thread.run_sync(self.index.queries.stored, data)
         if stored is not None:
-            return vector_from(stored)
+            return stored
         if self._pending >= self.queue_size:
             raise Overloaded()
         self._pending += 1
@@ -153,12 +152,12 @@ class QueryEngine:
             result = await future
         finally:
             self._waiting.pop(task, None)
-        if not hasattr(result, "pixels"):
+        if isinstance(result, DecodeFailed):
             if getattr(self._pool, "broken", None):  # no decode worker can start: the server's fault
                 log.error("dinosearch: image decoding is unavailable: %s", self._pool.broken)
                 raise ModelUnavailable()
             raise DecodeError(result.error, result.message)
-        return result.pixels
+        return result.decoded.pixels
 
     async def _embed(self, pixels: np.ndarray) -> np.ndarray:
         loop = asyncio.get_running_loop()

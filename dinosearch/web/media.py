@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from PIL import Image
 
 from ..api import Index
-from ..decode import MAX_PIXELS, DecodeError, load_rgb
+from ..decode import DecodeError, load_rgb
+from ..records import MAX_PIXELS
 
 CHUNK = 256 * 1024
 
@@ -49,25 +50,20 @@ class OpenFile:
 
 def open_original(index: Index, image_id: int) -> OpenFile:
     """Open the file of an indexed id, checked against what was indexed. The caller closes it."""
-    rows = index.catalogue.rows_by_id([image_id])
-    row = rows.get(image_id)
-    if row is None:
+    known = index.file_of(image_id)
+    if known is None:
         raise Gone(f"no indexed image has id {image_id}")
-    path = row["path"]
-    found = index.catalogue.lookup_path(path)
-    if found is None:
-        raise Gone(f"no indexed image has id {image_id}")
-    known = found[0]
+    path = known["path"]
     try:
         f = open(path, "rb")  # noqa: SIM115 - handed to the caller, who streams and closes it
     except OSError:
         raise Gone(f"the file of image {image_id} is no longer readable; run `dinosearch index` again") from None
     st = os.fstat(f.fileno())  # of the file actually opened, so a swap after the check is caught too
-    if not stat.S_ISREG(st.st_mode) or st.st_size != known.size or st.st_mtime_ns != known.mtime_ns:
+    if not stat.S_ISREG(st.st_mode) or st.st_size != known["size"] or st.st_mtime_ns != known["mtime_ns"]:
         f.close()
         raise Gone(f"the file of image {image_id} changed since it was indexed; run `dinosearch index` again")
-    media_type = MEDIA_TYPES.get((row.get("format") or "").upper(), "application/octet-stream")
-    return OpenFile(f, st.st_size, media_type, known.content_hash)
+    media_type = MEDIA_TYPES.get((known["format"] or "").upper(), "application/octet-stream")
+    return OpenFile(f, st.st_size, media_type, known["content_hash"])
 
 
 def iter_file(f: io.BufferedReader) -> Iterator[bytes]:

@@ -70,7 +70,7 @@ def run(args: dict) -> dict:
             report = ix.add(*args["paths"], progress=progress)
             t_added = time.perf_counter() - t0
             fp = ix.fingerprint
-            emb = getattr(ix, "_embedder", None)
+            emb = ix.model.loaded
         finally:
             ix.close()
         seconds = time.perf_counter() - t0

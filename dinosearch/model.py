@@ -1,0 +1,125 @@
+"""The model of an index: loaded on first use, and checked against the one that made the index.
+
+An index records the fingerprint of the model that made its vectors (records.ModelFingerprint);
+querying or adding with another model is refused. Loading is lazy and thread-safe, so commands and
+routes that need no model (queries by indexed files, stats) never load it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+from .embed import Embedder
+from .errors import ModelMismatchError
+from .records import IndexReport, ModelFingerprint
+from .store.catalogue import Catalogue
+from .store.layout import CACHE_DIR, MODEL_KEY
+
+DEFAULT_MODEL = "facebook/dinov2-small"
+
+
+def model_source(model: str) -> str:
+    """A local checkpoint folder is recorded by its absolute path, so it names the same model from any
+    working directory; hub ids stay as they are."""
+    expanded = os.path.expanduser(model)
+    return os.path.realpath(expanded) if os.path.isdir(expanded) else model
+
+
+class ModelSlot:
+    """The model for one index directory. `model` None: the model the index was made with (or
+    DEFAULT_MODEL for a new index). `embedder` injects any object with the Embedder protocol."""
+
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        *,
+        model: str | None = None,
+        device: str = "auto",
+        precision: str = "auto",
+        backend: str = "torch",
+        batch_size: int | None = None,
+        embedder: Embedder | None = None,
+    ):
+        self.catalogue = catalogue
+        self.asked = model_source(model) if model else None
+        self._device, self._precision, self._backend, self._batch_size = device, precision, backend, batch_size
+        self._embedder = embedder
+        self._checked = False
+        # Loading takes seconds (a first conversion for some backends): it has a lock of its own, so
+        # searches by id, which need no model, are never held up by it.
+        self._lock = threading.Lock()
+
+    @property
+    def fingerprint(self) -> ModelFingerprint | None:
+        """The fingerprint the index recorded, or None for an index nothing was embedded into yet."""
+        d = self.catalogue.get_setting(MODEL_KEY)
+        return ModelFingerprint.from_dict(d) if d else None
+
+    @property
+    def name(self) -> str:
+        fp = self.fingerprint
+        return self.asked or (fp.model if fp else DEFAULT_MODEL)
+
+    @property
+    def loaded(self) -> Embedder | None:
+        return self._embedder
+
+    def get(self, *, record: bool = False) -> Embedder:
+        """The model, loaded on first use and checked against the one that made this index.
+
+        `record`: a new index records this model as its own (only indexing does; readers never write).
+        Raises ModelLoadError, ModelMismatchError.
+        """
+        from .embed import Dinov2Embedder
+
+        with self._lock:
+            if self._embedder is None:
+                self._embedder = Dinov2Embedder(
+                    self.name,
+                    device=self._device,
+                    precision=self._precision,
+                    batch_size=self._batch_size,
+                    backend=self._backend,
+                    cache_dir=Path(self.catalogue.dir) / CACHE_DIR,
+                )
+            if not self._checked:
+                self._checked = self._check(self._embedder.fingerprint, record=record)
+            return self._embedder
+
+    def check_before_write(self) -> None:
+        """Another model named for an index that has one: load and check it before anything is written."""
+        fp = self.fingerprint
+        if self.asked and fp and self.asked != fp.model:
+            self.get(record=True)
+
+    def _check(self, fp: ModelFingerprint, *, record: bool) -> bool:
+        """Raise if the index was made by another model; returns whether the check is settled."""
+        recorded = self.fingerprint
+        if recorded is None:
+            if record:
+                self.catalogue.set_settings({MODEL_KEY: fp.to_dict()})
+            return record
+        if recorded.key() != fp.key():
+            raise ModelMismatchError(
+                f"this index was made with model '{recorded.model}' (dim {recorded.dim}, weights {recorded.weights[:12]}), "
+                f"not '{fp.model}' (dim {fp.dim}, weights {fp.weights[:12]}); use --model {recorded.model}, "
+                f"or start a new index with --index NEW_DIR"
+            )
+        return True
+
+    def warn_mixed_precision(self, report: IndexReport, made_with: ModelFingerprint | None) -> IndexReport:
+        """Say so when this run embedded images with another backend/precision than the index's first
+        run: the model is the same (checked), the vectors are close but not identical."""
+        if made_with is None or self._embedder is None or not report.embedded:
+            return report
+        now = self._embedder.fingerprint.precision
+        if now == made_with.precision:
+            return report
+        warning = (
+            f"this run embedded {report.embedded} image(s) with {now}, the index's first ones with {made_with.precision}: "
+            "their vectors are close but not identical; for the most consistent ranking keep one --backend/--precision per index"
+        )
+        return replace(report, warnings=(*report.warnings, warning))
