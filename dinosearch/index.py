@@ -1,13 +1,12 @@
-"""Index: walk -> skip unchanged -> reuse or read + decode -> embed -> write -> sweep -> report.
+"""Index: plan -> route -> decode -> embed -> write -> sweep -> report, on this machine.
 
-Cheapest first: size and mtime skip an unchanged file without opening it; a content hash already in
-the catalogue (a rename or a copy) reuses the stored vector without decoding; only new content meets
-the model. Rows are committed in chunks, so an interrupted run keeps what it finished.
+Cheapest first: size and mtime skip an unchanged file without opening it (plan); a content hash already
+in the catalogue (a rename or a copy) reuses the stored vector without decoding (route); only new
+content is decoded, in sandboxed worker processes (workers), and meets the model, in batches (embed);
+rows are committed in chunks, so an interrupted run keeps what it finished (writer).
 
-A file the size of one indexed under the same roots may be a rename or a copy: this process reads
-and hashes it first. Every other file goes to a decode worker by path, which reads, hashes and
-decodes it, so the bytes of new photos never pass through this process (at GPU speeds it would be
-the bottleneck); a copy of a file indexed elsewhere is still found by its hash before the model.
+Planning, writing and sweeping are executor-independent (plan.py, writer.py): this module is the local
+executor, which drives routing, the decode pool and the model in this process.
 """
 
 from __future__ import annotations
@@ -17,190 +16,23 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np
 
 from ._decode_worker import VANISHED
-from .decode import MAX_PIXELS
+from .decode import Decoded
 from .embed import Embedder
-from .errors import DinosearchError, PathNotFoundError
-from .read import Unreadable, Vanished, read_whole
+from .errors import DinosearchError
+from .plan import Plan, plan
 from .read import content_hash as content_hash  # re-exported: the hash the catalogue stores
-from .records import ImageFile, IndexReport
-from .store.catalogue import Catalogue, FailureRow, ImageRow, Known, vector_bytes
-from .walk import WalkResult, walk
-from .workers import DecodeFailed, Decoded, DecodePool
+from .records import MAX_PIXELS, ImageFile, IndexReport
+from .route import Failed, Reuse, Router, ToDecode
+from .store.catalogue import Catalogue, vector_bytes
+from .workers import DecodeDone, DecodeFailed, DecodePool
+from .writer import Writer
 
 Progress = Callable[[int, int], None]  # (files done, files to do)
-
-
-@dataclass(frozen=True)
-class _Read:
-    file: ImageFile  # size and mtime as fstat saw them when the bytes were read
-    content_hash: str
-    data: bytes
-
-
-@dataclass(frozen=True)
-class _Reuse:
-    file: ImageFile
-    content_hash: str
-    vector: bytes
-
-
-@dataclass(frozen=True)
-class _Failed:
-    file: ImageFile
-    error: str
-    message: str
-
-
-@dataclass(frozen=True)
-class _Vanished:
-    file: ImageFile
-
-
-def read_file(f: ImageFile) -> _Read | _Failed | _Vanished:
-    """Read and hash one file in this process."""
-    try:
-        r = read_whole(f.path)
-    except Vanished:
-        return _Vanished(f)
-    except Unreadable as exc:
-        return _Failed(f, exc.kind, exc.message)
-    return _Read(replace(f, size=r.size, mtime_ns=r.mtime_ns), content_hash(r.data), r.data)
-
-
-@dataclass
-class Plan:
-    """What a run has to do, decided from stat alone."""
-
-    todo: list[ImageFile]
-    known: dict[str, Known]
-    unchanged: int
-    failed_unchanged: int
-    gone: list[str]
-    gone_failures: list[str]
-    warnings: list[str]
-
-
-def plan(catalogue: Catalogue, roots: list[str], *, follow_symlinks: bool = False) -> Plan:
-    walks: dict[str, WalkResult] = {}
-    for root in roots:
-        if not os.path.exists(root):
-            raise PathNotFoundError(f"{root} does not exist; check the path (nothing was changed)")
-        walks[root] = walk(root, follow_symlinks=follow_symlinks)
-    known = catalogue.known_under(roots)
-    known_failed = catalogue.failures_under(roots)
-    warnings: list[str] = []
-    protected: list[str] = []  # prefixes whose rows must not be swept
-    for root, w in walks.items():
-        if not w.files:
-            if any(_under(p, root) for p in known):
-                warnings.append(f"{root} holds no images now; its indexed images were kept (is it unmounted?)")
-            protected.append(root)
-        for d in w.unreadable:
-            warnings.append(f"cannot list {d}; its indexed images were kept")
-            protected.append(d)
-    seen: set[str] = set()
-    todo: list[ImageFile] = []
-    unchanged = failed_unchanged = 0
-    for w in walks.values():
-        for f in w.files:
-            if f.path in seen:
-                continue  # overlapping roots
-            seen.add(f.path)
-            k = known.get(f.path)
-            if k is not None and k.size == f.size and k.mtime_ns == f.mtime_ns:
-                unchanged += 1
-            elif k is None and _failed_for_good(known_failed.get(f.path), f):
-                failed_unchanged += 1
-            else:
-                todo.append(f)
-    gone = [p for p in known if p not in seen and not any(_under(p, r) for r in protected)]
-    gone_failures = [p for p in known_failed if p not in seen and not any(_under(p, r) for r in protected)]
-    return Plan(todo, known, unchanged, failed_unchanged, gone, gone_failures, warnings)
-
-
-# Failures tried again on every run even when the file is unchanged: the fix (chmod) leaves its mtime
-# as it was, and a refused open costs nothing.
-RETRY_EVERY_RUN = frozenset({"unreadable"})
-
-
-def _failed_for_good(failed: tuple[int, int, str] | None, f: ImageFile) -> bool:
-    """Whether a file failed before as it is now, in a way that trying again cannot change."""
-    return failed is not None and failed[:2] == (f.size, f.mtime_ns) and failed[2] not in RETRY_EVERY_RUN
-
-
-def _under(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-
-
-class _Reader(threading.Thread):
-    """Routes files ahead of the model. One the size of an indexed file is read and hashed here,
-    several at a time (hashing releases the GIL): a content hash already in the catalogue reuses its
-    vector. Any other file goes on by path, to be read by a decode worker."""
-
-    def __init__(
-        self,
-        catalogue: Catalogue,
-        todo: list[ImageFile],
-        out: queue.Queue,
-        need_decoder: threading.Event,
-        indexed_sizes: set[int],
-        threads: int = 2,
-    ):
-        super().__init__(name="dinosearch-read", daemon=True)
-        self.catalogue, self.todo, self.out = catalogue, todo, out
-        self.indexed_sizes = indexed_sizes
-        self.need_decoder = need_decoder
-        self.threads = max(1, threads)
-        self.decode_queue: queue.Queue = queue.Queue(maxsize=4)  # bounded: at most a few files in memory
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            with ThreadPoolExecutor(self.threads, thread_name_prefix="dinosearch-read") as pool:
-                pending: set[Future] = set()
-                for f in self.todo:
-                    if self.stop.is_set():
-                        return
-                    if f.size not in self.indexed_sizes:  # no indexed file has this content: decode it
-                        self.need_decoder.set()
-                        self._put(self.decode_queue, f)
-                        continue
-                    pending.add(pool.submit(read_file, f))
-                    if len(pending) >= 2 * self.threads:  # bounded read-ahead
-                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                        for fut in done:
-                            self._route(fut.result())
-                for fut in pending:
-                    self._route(fut.result())
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which re-raises
-            self.error = exc
-
-    def _route(self, r: _Read | _Failed | _Vanished) -> None:
-        if isinstance(r, _Read):
-            vector = self.catalogue.vector_for_hash(r.content_hash)
-            if vector is not None:
-                self._put(self.out, _Reuse(r.file, r.content_hash, vector))
-            else:
-                self.need_decoder.set()
-                self._put(self.decode_queue, r)
-        else:
-            self._put(self.out, r)
-
-    def _put(self, q: queue.Queue, item: Any) -> None:
-        while not self.stop.is_set():
-            try:
-                q.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                continue
 
 
 def run(
@@ -221,147 +53,133 @@ def run(
 
     `load_embedder` is called at most once, and only when some file's content is new: re-indexing an
     unchanged tree, or one where files were only renamed or copied, never loads the model.
+    Raises PathNotFoundError, and DinosearchError when no decoder can start.
     """
     started = time.monotonic()
     # The model's OpenMP threads should sleep, not spin, between operations: spinning threads steal
     # the cores the decode workers need (measured on 2 cores: +35% images/s). Only takes effect when
     # torch is imported after this (the CLI's case); a user's setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    roots = [os.path.abspath(r) for r in roots]
-    p = plan(catalogue, roots, follow_symlinks=follow_symlinks)
-    total = len(p.todo)
-    counts = {"added": 0, "updated": 0, "failed": p.failed_unchanged, "embedded": 0}
-    pending_rows: list[ImageRow] = []
-    pending_failed: list[FailureRow] = []
-    last_commit = time.monotonic()
-    changed = False
-
-    def commit() -> None:
-        nonlocal pending_rows, pending_failed, last_commit, changed
-        if pending_rows or pending_failed:
-            catalogue.write(pending_rows, pending_failed)
-            changed = True
-        pending_rows, pending_failed, last_commit = [], [], time.monotonic()
-
-    def row(f: ImageFile, h: str, vector: bytes, **extra: Any) -> ImageRow:
-        k = p.known.get(f.path)
-        counts["updated" if k is not None else "added"] += 1
-        return ImageRow(f.path, f.root, f.size, f.mtime_ns, h, vector, id=k.id if k else None, **extra)
-
-    def fail(f: ImageFile, error: str, message: str) -> None:
-        counts["failed"] += 1
-        pending_failed.append(FailureRow(f.path, f.root, f.size, f.mtime_ns, error, message))
-
-    out: queue.Queue = queue.Queue()
-    need_decoder = threading.Event()
-    cpus = os.cpu_count() or 1
-    sizes = {k.size for k in p.known.values()}
-    reader = _Reader(catalogue, p.todo, out, need_decoder, sizes, threads=min(8, cpus))
-    pool: DecodePool | None = None
-    feeder: threading.Thread | None = None
-    embedder: Embedder | None = None
-    batch: list[Decoded] = []
-    done = 0
-
-    def flush() -> None:
-        nonlocal batch
-        if not batch:
-            return
-        assert embedder is not None
-        vectors = embedder.embed(np.stack([d.pixels for d in batch]))
-        for d, v in zip(batch, vectors):
-            f, h = d.task
-            pending_rows.append(row(f, h, vector_bytes(v), width=d.width, height=d.height, format=d.format))
-        counts["embedded"] += len(batch)
-        batch = []
-
+    p = plan(catalogue, [os.path.abspath(r) for r in roots], follow_symlinks=follow_symlinks)
+    writer = Writer(catalogue, p, commit_every=commit_every, commit_seconds=commit_seconds)
     try:
-        if total:
-            reader.start()
-        last_item = time.monotonic()
-        while done < total:
-            if need_decoder.is_set() and pool is None:
-                embedder = load_embedder()
-                bs = batch_size or embedder.batch_size
-                pool = DecodePool(
-                    embedder.preprocess,
-                    workers=workers or cpus,
-                    timeout=decode_timeout,
-                    max_pixels=max_pixels,
-                    max_ready=2 * bs,
-                    results=out,
-                )
-                feeder = threading.Thread(target=_feed, args=(reader, pool), name="dinosearch-feed", daemon=True)
-                feeder.start()
-            if pool is not None and pool.broken:
-                # No decoder can start at all: an installation problem, not the files' fault.
-                raise DinosearchError(f"the image decoders cannot start: {pool.broken}")
-            try:
-                item = out.get(timeout=0.1)
-            except queue.Empty:
-                if reader.error is not None:
-                    raise reader.error
-                if batch and time.monotonic() - last_item > 1.0:
-                    flush()  # the decoders are behind: don't hold finished images back
-                continue
-            last_item = time.monotonic()
-            done += 1
-            if isinstance(item, Decoded):
-                if item.read is not None:  # the worker read the file: the identity of the bytes it decoded
-                    size, mtime_ns, h = item.read
-                    item = replace(item, task=(replace(item.task[0], size=size, mtime_ns=mtime_ns), h))
-                    stored = catalogue.vector_for_hash(h)  # a copy of a file indexed under another root
-                else:
-                    stored = None
-                if stored is not None:
-                    pending_rows.append(row(*item.task, stored, width=item.width, height=item.height, format=item.format))
-                else:
-                    batch.append(item)
-            elif isinstance(item, DecodeFailed):
-                if item.error != VANISHED:  # gone since the walk: the next run sweeps it
-                    fail(item.task[0], item.error, item.message)
-            elif isinstance(item, _Reuse):
-                pending_rows.append(row(item.file, item.content_hash, item.vector))
-            elif isinstance(item, _Failed):
-                fail(item.file, item.error, item.message)
-            # _Vanished: deleted between the walk and the read; the next run sweeps it
-            if batch and (len(batch) >= (batch_size or embedder.batch_size) or done == total):  # type: ignore[union-attr]
-                flush()
-            if len(pending_rows) + len(pending_failed) >= commit_every or time.monotonic() - last_commit > commit_seconds:
-                commit()
-            if progress is not None:
-                progress(done, total)
-        flush()
+        if p.todo:
+            _LocalRun(catalogue, p, writer, load_embedder, batch_size=batch_size, workers=workers,
+                      decode_timeout=decode_timeout, max_pixels=max_pixels).run(progress)
     finally:
-        reader.stop.set()
-        if pool is not None:
-            pool.close()
-        commit()  # keep whatever finished, also when interrupted
-    removed = catalogue.remove(p.gone, p.gone_failures) if (p.gone or p.gone_failures) else 0
-    changed = changed or bool(p.gone or p.gone_failures)
-    report = IndexReport(
-        added=counts["added"],
-        updated=counts["updated"],
-        removed=removed,
-        unchanged=p.unchanged,
-        failed=counts["failed"],
-        seconds=time.monotonic() - started,
-        embedded=counts["embedded"],
-        warnings=tuple(p.warnings),
-    )
-    return report, changed
+        writer.commit()  # keep whatever finished, also when interrupted
+    return writer.finish(started)
 
 
-def _feed(reader: _Reader, pool: DecodePool) -> None:
-    """Move files into the decode pool (blocks while the workers are busy: bounded memory)."""
-    while not reader.stop.is_set():
+@dataclass(frozen=True)
+class _Pending:
+    """A decoded file waiting for its batch."""
+
+    file: ImageFile
+    content_hash: str
+    decoded: Decoded
+
+
+class _LocalRun:
+    """Routing in a thread, decoding in a process pool, embedding in this thread, writes via `writer`."""
+
+    def __init__(self, catalogue: Catalogue, p: Plan, writer: Writer, load_embedder: Callable[[], Embedder], *,
+                 batch_size: int | None, workers: int | None, decode_timeout: float, max_pixels: int):
+        self.catalogue, self.plan, self.writer = catalogue, p, writer
+        self.load_embedder = load_embedder
+        self.batch_size, self.decode_timeout, self.max_pixels = batch_size, decode_timeout, max_pixels
+        cpus = os.cpu_count() or 1
+        self.workers = workers or cpus
+        self.results: queue.Queue = queue.Queue()  # routed and decoded records, one per file
+        self.router = Router(catalogue, p.todo, self.results, indexed_sizes={k.size for k in p.known.values()},
+                             threads=min(8, cpus))
+        self.pool: DecodePool[ToDecode] | None = None
+        self.embedder: Embedder | None = None
+        self.batch: list[_Pending] = []
+
+    def run(self, progress: Progress | None) -> None:
+        total, done, last_item = len(self.plan.todo), 0, time.monotonic()
         try:
-            r = reader.decode_queue.get(timeout=0.2)
-        except queue.Empty:
-            if not reader.is_alive() and reader.decode_queue.empty():
-                return
-            continue
-        if isinstance(r, _Read):
-            pool.submit((r.file, r.content_hash), r.data)
-        else:  # an ImageFile: the worker reads and hashes it
-            pool.submit((r, None), r.path)
+            self.router.start()
+            while done < total:
+                self._start_decoding_if_needed()
+                try:
+                    item = self.results.get(timeout=0.1)
+                except queue.Empty:
+                    if self.router.error is not None:
+                        raise self.router.error
+                    if self.batch and time.monotonic() - last_item > 1.0:
+                        self._flush()  # the decoders are behind: don't hold finished images back
+                    continue
+                last_item = time.monotonic()
+                done += 1
+                self._take(item)
+                if self.batch and (len(self.batch) >= self._batch_limit() or done == total):
+                    self._flush()
+                self.writer.maybe_commit()
+                if progress is not None:
+                    progress(done, total)
+            self._flush()
+        finally:
+            self.router.stop.set()
+            if self.pool is not None:
+                self.pool.close()
+
+    def _start_decoding_if_needed(self) -> None:
+        if self.pool is None and self.router.need_decoder.is_set():
+            self.embedder = self.load_embedder()
+            self.pool = DecodePool(
+                self.embedder.preprocess, workers=self.workers, timeout=self.decode_timeout,
+                max_pixels=self.max_pixels, max_ready=2 * self._batch_limit(), results=self.results,
+            )
+            threading.Thread(target=self._feed, args=(self.pool,), name="dinosearch-feed", daemon=True).start()
+        if self.pool is not None and self.pool.broken:
+            # No decoder can start at all: an installation problem, not the files' fault.
+            raise DinosearchError(f"the image decoders cannot start: {self.pool.broken}")
+
+    def _feed(self, pool: DecodePool[ToDecode]) -> None:
+        """Move files into the decode pool (blocks while the workers are busy: bounded memory)."""
+        for item in self.router.files_to_decode():
+            pool.submit(item, item.data if item.data is not None else item.file.path)
+
+    def _take(self, item: object) -> None:
+        """One routed or decoded record -> a row, a failure, or a place in the next batch."""
+        w = self.writer
+        if isinstance(item, DecodeDone):
+            self._decoded(item)
+        elif isinstance(item, DecodeFailed):
+            if item.error != VANISHED:  # gone since the walk: the next run sweeps it
+                w.fail(item.task.file, item.error, item.message)
+        elif isinstance(item, Reuse):
+            w.add(item.file, item.content_hash, item.vector)
+        elif isinstance(item, Failed):
+            w.fail(item.file, item.error, item.message)
+        # Gone: deleted between the walk and the read; the next run sweeps it
+
+    def _decoded(self, item: DecodeDone[ToDecode]) -> None:
+        f, h, stored = item.task.file, item.task.content_hash, None
+        if item.read is not None:  # the worker read the file: the identity of the bytes it decoded
+            f = replace(f, size=item.read.size, mtime_ns=item.read.mtime_ns)
+            h = item.read.content_hash
+            stored = self.catalogue.vector_for_hash(h)  # a copy of a file indexed under another root
+        assert h is not None
+        d = item.decoded
+        if stored is not None:
+            self.writer.add(f, h, stored, width=d.width, height=d.height, format=d.format)
+        else:
+            self.batch.append(_Pending(f, h, d))
+
+    def _batch_limit(self) -> int:
+        return self.batch_size or (self.embedder.batch_size if self.embedder is not None else 16)
+
+    def _flush(self) -> None:
+        """Embed: the batch through the model, its rows to the writer."""
+        if not self.batch:
+            return
+        assert self.embedder is not None
+        vectors = self.embedder.embed(np.stack([p.decoded.pixels for p in self.batch]))
+        for p, v in zip(self.batch, vectors):
+            d = p.decoded
+            self.writer.add(p.file, p.content_hash, vector_bytes(v), width=d.width, height=d.height,
+                            format=d.format, embedded=True)
+        self.batch = []

@@ -97,8 +97,11 @@ def _install(commit_every: list[int]) -> None:
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
+    import dinosearch.embed as embed
     import dinosearch.index as indexer
-    import dinosearch.store.vectors as vectors
+    import dinosearch.plan as planner
+    import dinosearch.route as router
+    import dinosearch.store.vectorindex as vectors
     from dinosearch.embed import Dinov2Embedder
     from dinosearch.store.catalogue import Catalogue
     from dinosearch.workers import DecodePool
@@ -118,8 +121,8 @@ def _install(commit_every: list[int]) -> None:
 
         return wrapped
 
-    indexer.walk = after(indexer.walk, "walk")
-    indexer.read_file = after(indexer.read_file, "read")
+    planner.walk = after(planner.walk, "walk")
+    router.read_file = after(router.read_file, "read")
     DecodePool.submit = before(DecodePool.submit, "decode")
     Dinov2Embedder.embed = after(Dinov2Embedder.embed, "embed")
     Catalogue.write = after(Catalogue.write, "write.done")
@@ -140,15 +143,13 @@ def _install(commit_every: list[int]) -> None:
     indexer.run = run
 
     # The model is loaded once, in the zygote (its loading is no write boundary); every child shares it.
-    import dinosearch.api as api
-
     def cached_embedder(model: str, **kwargs: Any) -> Any:
         key = (model, tuple(sorted(kwargs.items())))
         if key not in _MODELS:
             _MODELS[key] = Dinov2Embedder(model, **kwargs)
         return _MODELS[key]
 
-    api.Dinov2Embedder = cached_embedder  # type: ignore[assignment]
+    embed.Dinov2Embedder = cached_embedder  # type: ignore[assignment]
 
     real_write_file = vectors._write_file
 
@@ -166,7 +167,7 @@ def _install(commit_every: list[int]) -> None:
     vectors._write_file = write_file
 
     class _Os:
-        """`os` for dinosearch.store.vectors, with its renames and fsyncs observed."""
+        """`os` for dinosearch.store.vectorindex, with its renames and fsyncs observed."""
 
         def __getattr__(self, name: str) -> Any:
             return getattr(os, name)
@@ -292,9 +293,9 @@ def serve() -> None:
         cmd = json.loads(line)
         commit_every[0] = int(cmd.get("commit_every", 4))
         if cmd.get("preload"):  # load the model here, before the fork (it runs no torch op yet)
-            import dinosearch.api as api
+            import dinosearch.embed as embed
 
-            api.Dinov2Embedder(**cmd["preload"])
+            embed.Dinov2Embedder(**cmd["preload"])
         started = time.monotonic()
         pid = os.fork()
         if pid == 0:

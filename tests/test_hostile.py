@@ -429,17 +429,17 @@ def test_walk_skips_fifos_and_links_and_survives_loops(tmp_path: Path) -> None:
 
 
 def test_a_fifo_swapped_in_after_the_walk_does_not_hang(tmp_path: Path) -> None:
-    from dinosearch.index import _Vanished, read_file
+    from dinosearch.route import Gone, read_file
     from dinosearch.records import ImageFile
 
     path = tmp_path / "late.jpg"
     os.mkfifo(path)  # nobody ever writes to it: a blocking open would wait forever
-    assert isinstance(read_file(ImageFile(str(path), str(tmp_path), 0, 0)), _Vanished)
+    assert isinstance(read_file(ImageFile(str(path), str(tmp_path), 0, 0)), Gone)
 
 
 # Decoders that crash, hang or blow their memory --------------------------------------------------------
 def test_crash_hang_and_memory_blowup_cost_one_file_each(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dinosearch.workers import DecodeFailed, Decoded, DecodePool
+    from dinosearch.workers import DecodeDone, DecodeFailed, DecodePool
 
     monkeypatch.setenv(FAULTS_ENV, "1")  # inherited by the spawned workers
     tasks = {
@@ -460,7 +460,7 @@ def test_crash_hang_and_memory_blowup_cost_one_file_each(monkeypatch: pytest.Mon
             results[r.task] = r
     assert set(results) == set(tasks)
     for name in ("good-1", "good-2", "good-3"):
-        assert isinstance(results[name], Decoded) and results[name].pixels.shape == (224, 224, 3)
+        assert isinstance(results[name], DecodeDone) and results[name].decoded.pixels.shape == (224, 224, 3)
     assert isinstance(results["hang"], DecodeFailed) and results["hang"].error == "timeout"
     assert "longer than 4 s" in results["hang"].message
     # A memory limit turns a runaway allocation into MemoryError (or, in C, a crash): one file either way.
@@ -472,7 +472,7 @@ def test_crash_hang_and_memory_blowup_cost_one_file_each(monkeypatch: pytest.Mon
 
 def test_workers_read_files_by_path_with_the_identity_of_what_they_read(tmp_path: Path) -> None:
     from dinosearch.read import content_hash
-    from dinosearch.workers import DecodeFailed, Decoded, DecodePool
+    from dinosearch.workers import DecodeDone, DecodeFailed, DecodePool
 
     good = tmp_path / "good.jpg"
     good.write_bytes(jpeg_bytes(photo(96, 64, seed=4)))
@@ -485,8 +485,9 @@ def test_workers_read_files_by_path_with_the_identity_of_what_they_read(tmp_path
             pool.submit(name, path)
         results = {r.task: r for r in (pool.results.get(timeout=60) for _ in tasks)}
     st = good.stat()
-    assert isinstance(results["good.jpg"], Decoded)
-    assert results["good.jpg"].read == (st.st_size, st.st_mtime_ns, content_hash(good.read_bytes()))
+    assert isinstance(results["good.jpg"], DecodeDone)
+    read = results["good.jpg"].read
+    assert (read.size, read.mtime_ns, read.content_hash) == (st.st_size, st.st_mtime_ns, content_hash(good.read_bytes()))
     for name in ("gone.jpg", "folder.jpg", "fifo.jpg"):
         assert isinstance(results[name], DecodeFailed) and results[name].error == "vanished"
     assert isinstance(results["text.jpg"], DecodeFailed) and results["text.jpg"].error == "not-an-image"
@@ -534,7 +535,7 @@ def _blake(data: bytes) -> str:
 
 def test_files_rewritten_or_deleted_between_walk_and_read(tmp_path: Path, tiny_model: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Never a vector of one version stored with another version's hash, size or mtime."""
-    import dinosearch.index as indexer
+    import dinosearch.plan as planner
     from dinosearch import Index
 
     root = tmp_path / "photos"
@@ -543,7 +544,7 @@ def test_files_rewritten_or_deleted_between_walk_and_read(tmp_path: Path, tiny_m
     for i, p in enumerate((a, b, c)):
         p.write_bytes(jpeg_bytes(photo(160, 120, seed=60 + i)))
     new_a = jpeg_bytes(photo(300, 200, seed=69))
-    real_walk = indexer.walk
+    real_walk = planner.walk
 
     def racing_walk(*args, **kwargs):
         result = real_walk(*args, **kwargs)
@@ -551,7 +552,7 @@ def test_files_rewritten_or_deleted_between_walk_and_read(tmp_path: Path, tiny_m
         b.unlink()  # gone before it could be read
         return result
 
-    monkeypatch.setattr(indexer, "walk", racing_walk)
+    monkeypatch.setattr(planner, "walk", racing_walk)
     with Index(tmp_path / "index", model=tiny_model, workers=1) as ix:
         report = ix.add(root)
         assert (report.added, report.failed) == (2, 0)
@@ -560,7 +561,7 @@ def test_files_rewritten_or_deleted_between_walk_and_read(tmp_path: Path, tiny_m
         st = a.stat()
         assert (known.content_hash, known.size, known.mtime_ns) == (_blake(new_a), st.st_size, st.st_mtime_ns)
         assert float(vector @ ix.vector_of_bytes(new_a)) > 0.9999
-    monkeypatch.setattr(indexer, "walk", real_walk)
+    monkeypatch.setattr(planner, "walk", real_walk)
     with Index(tmp_path / "index", model=tiny_model, workers=1) as ix:
         again = ix.add(root)
         assert (again.added, again.updated, again.unchanged) == (0, 0, 2)
@@ -572,7 +573,7 @@ def test_file_rewritten_after_its_bytes_were_read(tmp_path: Path, tiny_model: st
 
     read-here: a file the size of an indexed one (a possible copy) is read and hashed by the indexing
     process; read-by-worker: any other file is read by its decode worker."""
-    import dinosearch.index as indexer
+    import dinosearch.route as router
     from dinosearch import Index
     from dinosearch.store.catalogue import Catalogue
 
@@ -594,14 +595,14 @@ def test_file_rewritten_after_its_bytes_were_read(tmp_path: Path, tiny_model: st
             rewritten.append(True)
 
     if route == "read-here":
-        real_read = indexer.read_file
+        real_read = router.read_file
 
         def read_then_rewrite(f):
             r = real_read(f)
             rewrite()  # before its vector is looked up or it is decoded
             return r
 
-        monkeypatch.setattr(indexer, "read_file", read_then_rewrite)
+        monkeypatch.setattr(router, "read_file", read_then_rewrite)
     else:
         real_lookup = Catalogue.vector_for_hash
 

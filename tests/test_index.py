@@ -12,7 +12,7 @@ from PIL import Image
 
 from dinosearch.api import Index
 from dinosearch.errors import ModelMismatchError, PathNotFoundError
-from dinosearch.store import vectors as vector_store
+from dinosearch.store import vectorindex as vector_store
 
 from .images import jpeg_bytes, photo, save
 
@@ -101,10 +101,11 @@ def test_new_photos_are_read_by_the_workers_and_possible_copies_here(
     """Only a file the size of an indexed one is read by the indexing process (to find a rename
     without decoding); new photos go to the decode workers by path, and get their identity there."""
     import dinosearch.index as indexer
+    import dinosearch.route as router
 
     read_here: list[str] = []
-    real_read = indexer.read_file
-    monkeypatch.setattr(indexer, "read_file", lambda f: read_here.append(f.path) or real_read(f))
+    real_read = router.read_file
+    monkeypatch.setattr(router, "read_file", lambda f: read_here.append(f.path) or real_read(f))
     files = make_tree(tmp_path / "photos")
     r = ix.add(tmp_path / "photos")
     assert (r.added, r.embedded, read_here) == (4, 4, [])

@@ -1,0 +1,87 @@
+"""Plan: what an index run has to do, decided from stat alone (the walk never opens a file).
+
+A file whose size and mtime match its row is unchanged; one that failed before, as it is now, in a
+way that trying again cannot change is skipped; indexed files no longer found are to be swept, except
+under a root that is missing, empty (unmounted?) or unlistable, whose rows are always kept.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .errors import PathNotFoundError
+from .records import FailureKind, ImageFile
+from .store.catalogue import Catalogue, Known
+from .walk import WalkResult, walk
+
+# Failures tried again on every run even when the file is unchanged: the fix (chmod) leaves its mtime
+# as it was, and a refused open costs nothing.
+RETRY_EVERY_RUN = frozenset({FailureKind.UNREADABLE})
+
+
+@dataclass
+class Plan:
+    """What a run has to do."""
+
+    todo: list[ImageFile]  # new or changed files, in walk order
+    known: dict[str, Known]  # every indexed path under the roots
+    unchanged: int
+    failed_unchanged: int  # files that failed before, unchanged, not tried again
+    gone: list[str]  # indexed paths to sweep
+    gone_failures: list[str]  # failure rows to sweep
+    warnings: list[str]
+
+
+def plan(catalogue: Catalogue, roots: list[str], *, follow_symlinks: bool = False) -> Plan:
+    """Walk `roots` (absolute paths) and compare with the catalogue. Raises PathNotFoundError."""
+    walks: dict[str, WalkResult] = {}
+    for root in roots:
+        if not os.path.exists(root):
+            raise PathNotFoundError(f"{root} does not exist; check the path (nothing was changed)")
+        walks[root] = walk(root, follow_symlinks=follow_symlinks)
+    known = catalogue.known_under(roots)
+    known_failed = catalogue.failures_under(roots)
+    warnings, protected = _protected_roots(walks, known)
+    seen: set[str] = set()
+    todo: list[ImageFile] = []
+    unchanged = failed_unchanged = 0
+    for w in walks.values():
+        for f in w.files:
+            if f.path in seen:
+                continue  # overlapping roots
+            seen.add(f.path)
+            k = known.get(f.path)
+            if k is not None and k.size == f.size and k.mtime_ns == f.mtime_ns:
+                unchanged += 1
+            elif k is None and _failed_for_good(known_failed.get(f.path), f):
+                failed_unchanged += 1
+            else:
+                todo.append(f)
+    gone = [p for p in known if p not in seen and not any(under(p, r) for r in protected)]
+    gone_failures = [p for p in known_failed if p not in seen and not any(under(p, r) for r in protected)]
+    return Plan(todo, known, unchanged, failed_unchanged, gone, gone_failures, warnings)
+
+
+def _protected_roots(walks: dict[str, WalkResult], known: dict[str, Known]) -> tuple[list[str], list[str]]:
+    """(warnings, prefixes whose rows must not be swept): empty roots and folders that cannot be listed."""
+    warnings: list[str] = []
+    protected: list[str] = []
+    for root, w in walks.items():
+        if not w.files:
+            if any(under(p, root) for p in known):
+                warnings.append(f"{root} holds no images now; its indexed images were kept (is it unmounted?)")
+            protected.append(root)
+        for d in w.unreadable:
+            warnings.append(f"cannot list {d}; its indexed images were kept")
+            protected.append(d)
+    return warnings, protected
+
+
+def _failed_for_good(failed: tuple[int, int, str] | None, f: ImageFile) -> bool:
+    """Whether a file failed before as it is now, in a way that trying again cannot change."""
+    return failed is not None and failed[:2] == (f.size, f.mtime_ns) and failed[2] not in RETRY_EVERY_RUN
+
+
+def under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)

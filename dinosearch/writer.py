@@ -1,0 +1,81 @@
+"""Write, sweep, report: the end of an index run, whichever executor decoded and embedded its files.
+
+Rows and failures are committed in chunks (every `commit_every` records or `commit_seconds`), so a run
+that is interrupted keeps what it finished. Only the process that holds the writer lock runs this.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .plan import Plan
+from .records import IndexReport, ImageFile
+from .store.catalogue import Catalogue, FailureRow, ImageRow
+
+
+class Writer:
+    """Collects one run's rows and failures, commits them in chunks, then sweeps and reports."""
+
+    def __init__(self, catalogue: Catalogue, plan: Plan, *, commit_every: int = 256, commit_seconds: float = 5.0):
+        self.catalogue, self.plan = catalogue, plan
+        self.commit_every, self.commit_seconds = commit_every, commit_seconds
+        self.added = self.updated = self.embedded = 0
+        self.failed = plan.failed_unchanged
+        self.changed = False  # whether anything was committed
+        self._rows: list[ImageRow] = []
+        self._failures: list[FailureRow] = []
+        self._last_commit = time.monotonic()
+
+    def add(
+        self,
+        f: ImageFile,
+        content_hash: str,
+        vector: bytes,
+        *,
+        width: int | None = None,
+        height: int | None = None,
+        format: str | None = None,
+        embedded: bool = False,
+    ) -> None:
+        """A file's row: a new image, or new content for the id its path already has."""
+        k = self.plan.known.get(f.path)
+        if k is not None:
+            self.updated += 1
+        else:
+            self.added += 1
+        self.embedded += embedded
+        self._rows.append(
+            ImageRow(f.path, f.root, f.size, f.mtime_ns, content_hash, vector, width=width, height=height,
+                     format=format, id=k.id if k else None)
+        )
+
+    def fail(self, f: ImageFile, error: str, message: str) -> None:
+        self.failed += 1
+        self._failures.append(FailureRow(f.path, f.root, f.size, f.mtime_ns, str(error), message))
+
+    def maybe_commit(self) -> None:
+        if len(self._rows) + len(self._failures) >= self.commit_every or time.monotonic() - self._last_commit > self.commit_seconds:
+            self.commit()
+
+    def commit(self) -> None:
+        if self._rows or self._failures:
+            self.catalogue.write(self._rows, self._failures)
+            self.changed = True
+        self._rows, self._failures, self._last_commit = [], [], time.monotonic()
+
+    def finish(self, started: float) -> tuple[IndexReport, bool]:
+        """Commit what is left, sweep rows of files gone from disk; (the report, whether anything changed)."""
+        self.commit()
+        p = self.plan
+        removed = self.catalogue.remove(p.gone, p.gone_failures) if (p.gone or p.gone_failures) else 0
+        report = IndexReport(
+            added=self.added,
+            updated=self.updated,
+            removed=removed,
+            unchanged=p.unchanged,
+            failed=self.failed,
+            seconds=time.monotonic() - started,
+            embedded=self.embedded,
+            warnings=tuple(p.warnings),
+        )
+        return report, self.changed or bool(p.gone or p.gone_failures)
