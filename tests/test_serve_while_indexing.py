@@ -11,7 +11,7 @@ import httpx
 
 from dinosearch.api import Index
 from dinosearch.web.app import create_app
-from dinosearch.web.settings import WebSettings
+from dinosearch.settings import WebSettings
 
 from .conftest import run_cli
 from .images import jpeg_bytes, photo, save

@@ -34,7 +34,7 @@ def client(request: pytest.FixtureRequest, web_index: Path) -> Iterator[httpx.Cl
     from fastapi.testclient import TestClient
 
     from dinosearch.web.app import create_app
-    from dinosearch.web.settings import WebSettings
+    from dinosearch.settings import WebSettings
 
     app = create_app(WebSettings(index_dir=str(web_index)))
     if request.param == "testclient":
@@ -307,7 +307,7 @@ def test_serve_runs_the_backend_it_was_given(web_index: Path, tmp_path: Path) ->
     pytest.importorskip("onnx")
     from dinosearch.api import Index
     from dinosearch.web.app import create_app
-    from dinosearch.web.settings import WebSettings
+    from dinosearch.settings import WebSettings
 
     web_index = copy_index(web_index, tmp_path / "index")  # the backend writes its cache/ into it
     app = create_app(WebSettings(index_dir=str(web_index), backend="onnxruntime", precision="int8", decode_workers=0))

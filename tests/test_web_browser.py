@@ -32,7 +32,7 @@ def web_index(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> Path
 @pytest.fixture(scope="module")
 def server(web_index: Path) -> Iterator[LiveServer]:
     from dinosearch.web.app import create_app
-    from dinosearch.web.settings import WebSettings
+    from dinosearch.settings import WebSettings
 
     with LiveServer(create_app(WebSettings(index_dir=str(web_index)))) as s:
         yield s

@@ -30,7 +30,7 @@ def real_embedder(tiny_model: str) -> Any:
 def start(index_dir: Path, embedder: Any = None, **settings: Any) -> tuple[LiveServer, Any]:
     from dinosearch.api import Index
     from dinosearch.web.app import create_app
-    from dinosearch.web.settings import WebSettings
+    from dinosearch.settings import WebSettings
 
     ix = Index(index_dir, create=False, embedder=embedder)
     app = create_app(WebSettings(index_dir=str(index_dir), **settings), index=ix)
@@ -126,7 +126,7 @@ def test_a_failing_model_is_503_without_details(web_index: Path, real_embedder: 
 def test_a_model_that_cannot_load_still_serves_by_id(web_index: Path, tmp_path: Path) -> None:
     from dinosearch.api import Index
     from dinosearch.web.app import create_app
-    from dinosearch.web.settings import WebSettings
+    from dinosearch.settings import WebSettings
 
     ix = Index(web_index, create=False, model=str(tmp_path / "no-such-model"))
     app = create_app(WebSettings(index_dir=str(web_index)), index=ix)
@@ -154,7 +154,7 @@ def test_a_slow_model_times_out_as_503(web_index: Path, real_embedder: Any) -> N
 def test_a_new_index_generation_is_picked_up_without_a_restart(web_index: Path, tmp_path: Path, tiny_model: str) -> None:
     from dinosearch.api import Index
     from dinosearch.web.app import create_app
-    from dinosearch.web.settings import WebSettings
+    from dinosearch.settings import WebSettings
 
     index_dir = copy_index(web_index, tmp_path / "index")
     before = ids_by_name(index_dir)

@@ -29,7 +29,7 @@ def web_index(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> Path
 def server(web_index: Path) -> Iterator[LiveServer]:
     """A real server with an API key, a 256 kB body cap and a 0.1 MP pixel cap."""
     from dinosearch.web.app import create_app
-    from dinosearch.web.settings import WebSettings
+    from dinosearch.settings import WebSettings
 
     app = create_app(WebSettings(index_dir=str(web_index), api_key=KEY, max_body_bytes=LIMIT, max_pixels=100_000))
     with LiveServer(app) as s:
@@ -190,7 +190,7 @@ def test_body_cap_through_testclient(web_index: Path) -> None:
     from fastapi.testclient import TestClient
 
     from dinosearch.web.app import create_app
-    from dinosearch.web.settings import WebSettings
+    from dinosearch.settings import WebSettings
 
     app = create_app(WebSettings(index_dir=str(web_index), max_body_bytes=LIMIT, decode_workers=0))
     with TestClient(app, base_url="http://localhost") as c:
@@ -224,7 +224,7 @@ def test_internal_errors_are_plain_json(web_index: Path, monkeypatch: pytest.Mon
 
     from dinosearch.errors import DinosearchError
     from dinosearch.web.app import create_app
-    from dinosearch.web.settings import WebSettings
+    from dinosearch.settings import WebSettings
 
     app = create_app(WebSettings(index_dir=str(web_index), decode_workers=0))
     with TestClient(app, base_url="http://localhost", raise_server_exceptions=False) as c:
@@ -247,7 +247,7 @@ def test_serve_refuses_a_public_bind_without_a_key(env: dict[str, str]) -> None:
 
 def test_bind_rules() -> None:
     from dinosearch.errors import DinosearchError
-    from dinosearch.web.settings import WebSettings, allowed_host_names, check_bind, normalise_host
+    from dinosearch.settings import WebSettings, allowed_host_names, check_bind, normalise_host
 
     for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
         check_bind(host, None, False)
@@ -270,7 +270,7 @@ def test_uploads_never_touch_the_disk(web_index: Path, monkeypatch: pytest.Monke
     from fastapi.testclient import TestClient
 
     from dinosearch.web.app import create_app
-    from dinosearch.web.settings import WebSettings
+    from dinosearch.settings import WebSettings
 
     def no_disk(self: object, *a: object, **k: object) -> None:
         raise AssertionError("an upload was spooled to disk")
