@@ -100,6 +100,9 @@ def index(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per model batch [default: 16 on CPU, 64 on GPU]"),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decode processes [default: CPU count]"),
     follow_symlinks: bool = typer.Option(False, "--follow-symlinks", help="Follow symbolic links while walking"),
+    max_pixels: Optional[int] = typer.Option(
+        None, "--max-pixels", min=1, help="Largest image to decode, in pixels, checked from its header [default: 178956970]"
+    ),
     metadata: Optional[Path] = typer.Option(
         None, "--metadata", help="CSV or JSON-lines file: a `path` column relative to PATH, other columns attached"
     ),
@@ -111,7 +114,8 @@ def index(
         ix = _open(index, create=True, model=model or settings.model_from_env(), device=device.value,
                    backend=backend.value, precision=precision.value, batch_size=batch_size, workers=workers)
         with ix, _progress(enabled=not as_json and sys.stderr.isatty()) as progress:
-            report = ix.add(*paths, follow_symlinks=follow_symlinks, metadata=metadata, progress=progress)
+            limit = {"max_pixels": max_pixels} if max_pixels else {}
+            report = ix.add(*paths, follow_symlinks=follow_symlinks, metadata=metadata, progress=progress, **limit)
         for w in report.warnings:
             _err(f"warning: {w}")
         if as_json:

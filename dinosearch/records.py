@@ -97,7 +97,7 @@ class Failure:
     """A file that could not be indexed, and what to do about it."""
 
     path: str
-    error: str  # a short kind: not-an-image, unsupported-format, corrupt, too-large, unreadable, timeout, crashed
+    error: str  # a short kind: not-an-image, unsupported-format, unsupported, corrupt, too-large, unreadable, timeout, crashed
     message: str
 
     def to_dict(self) -> dict[str, str]:

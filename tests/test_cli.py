@@ -154,3 +154,24 @@ def test_help_names_what_to_install_for_each_backend() -> None:
     code, out, _ = invoke("index", "--help")
     text = " ".join(out.replace("│", " ").split())
     assert code == 0 and "pip install openvino" in text and "pip install onnxruntime onnx" in text
+
+
+def test_max_pixels_is_the_limit_in_effect(env: dict, tmp_path: Path) -> None:
+    folder = tmp_path / "big"
+    save(photo(400, 300), folder / "wide.png")
+    code, out, _ = invoke("index", str(folder), "--max-pixels", "100000", "--json")
+    assert code == 0 and json.loads(out)["failed"] == 1
+    code, out, _ = invoke("failures", "--json")
+    (failure,) = json.loads(out)
+    assert failure["error"] == "too-large"
+    assert "400x300" in failure["message"] and "100000" in failure["message"] and "--max-pixels" in failure["message"]
+    os_utime_later(folder / "wide.png")
+    code, out, _ = invoke("index", str(folder), "--max-pixels", "200000", "--json")
+    assert code == 0 and json.loads(out)["added"] == 1
+
+
+def os_utime_later(path: Path) -> None:
+    import os
+
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))

@@ -115,7 +115,10 @@ async def search(request: Request) -> Results:
     try:
         vector = await engine.vector_of_upload(data)
     except DecodeError as exc:
-        raise HTTPException(_decode_status(exc.kind), f"image: {exc.message}") from None
+        message = exc.message
+        if exc.kind == "too-large":  # the server's own limit is --max-megapixels, not index's knob
+            message = message.split("; ")[0] + "; downscale it (the server's limit is set by --max-megapixels)"
+        raise HTTPException(_decode_status(exc.kind), f"image: {message}") from None
     hits = await engine.read(engine.index.search_vector, vector, k=k, where=where)
     return _results(request, hits)
 
@@ -236,7 +239,7 @@ def _parse_where(items: list[str]) -> dict[str, str]:
 def _decode_status(kind: str) -> int:
     if kind == "too-large":
         return 413
-    if kind in ("not-an-image", "unsupported-format", "empty"):
+    if kind in ("not-an-image", "unsupported-format", "unsupported", "empty"):
         return 415
     return 422  # corrupt, truncated, crashed or timed out: an image we could not use
 
