@@ -10,10 +10,15 @@ if multiprocessing.parent_process() is not None:
     # In the worker only: one decode per process, no BLAS or OpenMP thread pools fighting the model.
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
+    # Ctrl-C reaches the whole process group: the parent stops the run and the workers; a worker's own
+    # KeyboardInterrupt traceback would only clutter the terminal.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 from typing import Any  # noqa: E402
 
-from .decode import MAX_PIXELS, DecodeError, decode  # noqa: E402
+from .decode import MAX_PIXELS, CodecOutput, DecodeError, decode  # noqa: E402
 from .read import Unreadable, Vanished, content_hash, read_whole  # noqa: E402
 from .records import Preprocess  # noqa: E402
 
@@ -67,6 +72,7 @@ def worker_main(conn: Any, pre: Preprocess, max_pixels: int = MAX_PIXELS, memory
     a path, else None. Failure: (task_id, False, kind, message).
     """
     _limit_memory(memory_limit)
+    codec = CodecOutput()
     # Codec warnings (corrupt EXIF, odd chunks) would interleave with the progress bar; what matters
     # about a file is its result, and a failure is recorded with its reason.
     warnings.simplefilter("ignore")
@@ -84,6 +90,7 @@ def worker_main(conn: Any, pre: Preprocess, max_pixels: int = MAX_PIXELS, memory
             return
         task_id, source = msg
         read = None
+        codec.clear()
         try:
             if isinstance(source, str):
                 f = read_whole(source)
@@ -106,4 +113,7 @@ def worker_main(conn: Any, pre: Preprocess, max_pixels: int = MAX_PIXELS, memory
         except Exception as exc:  # noqa: BLE001 - a codec bug is still only this file's failure
             reply = (task_id, False, "corrupt", f"the decoder failed ({type(exc).__name__}); re-export the file")
         data = source = None  # type: ignore[assignment]  # don't hold the bytes while idle
+        said = codec.said() if not reply[1] and reply[2] != VANISHED else ""
+        if said:
+            reply = (*reply[:3], f"{reply[3]} (the decoder said: {said})")
         conn.send(reply)

@@ -297,10 +297,11 @@ class Index:
         return self.vector_of_bytes(read.data, name=path), same_file
 
     def vector_of_bytes(self, data: bytes, *, name: str = "the image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
-        from .decode import DecodeError, decode
+        from .decode import DecodeError, check_decodable, decode
 
-        embedder = self.embedder()
         try:
+            check_decodable(data, max_pixels=max_pixels)  # quietly, and before the model loads
+            embedder = self.embedder()
             d = decode(data, embedder.preprocess, max_pixels=max_pixels)
         except DecodeError as exc:
             raise ImageError(f"{name}: {exc.message}", kind=exc.kind) from None

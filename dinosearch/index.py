@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -85,6 +85,7 @@ class Plan:
     gone: list[str]
     gone_failures: list[str]
     warnings: list[str]
+    failed_before: dict[str, tuple[int, int, str, str]] = field(default_factory=dict)
 
 
 def plan(catalogue: Catalogue, roots: list[str], *, follow_symlinks: bool = False) -> Plan:
@@ -122,7 +123,7 @@ def plan(catalogue: Catalogue, roots: list[str], *, follow_symlinks: bool = Fals
                 todo.append(f)
     gone = [p for p in known if p not in seen and not any(_under(p, r) for r in protected)]
     gone_failures = [p for p in known_failed if p not in seen and not any(_under(p, r) for r in protected)]
-    return Plan(todo, known, unchanged, failed_unchanged, gone, gone_failures, warnings)
+    return Plan(todo, known, unchanged, failed_unchanged, gone, gone_failures, warnings, known_failed)
 
 
 # Failures tried again on every run even when the file is unchanged: the fix (chmod) leaves its mtime
@@ -130,9 +131,39 @@ def plan(catalogue: Catalogue, roots: list[str], *, follow_symlinks: bool = Fals
 RETRY_EVERY_RUN = frozenset({"unreadable"})
 
 
-def _failed_for_good(failed: tuple[int, int, str] | None, f: ImageFile) -> bool:
+# A decoder that crashed or hung may have met a passing condition (memory pressure, a busy machine):
+# such a file is tried once more on the next run, then again only when the decoders change.
+RETRY_ONCE = frozenset({"crashed", "timeout"})
+
+
+def decoders_tag() -> str:
+    """The versions of the decoders, recorded in crashed/timeout messages."""
+    from importlib import metadata
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "none"
+
+    return f"Pillow {version('pillow')}, pillow-heif {version('pillow-heif')}"
+
+
+def _retry_note(error: str, before: tuple[int, int, str, str] | None, f: ImageFile) -> str:
+    """The note a crashed/timeout failure carries: what the next run will do about it."""
+    if error not in RETRY_ONCE:
+        return ""
+    tag = decoders_tag()
+    if before is not None and before[:3] == (f.size, f.mtime_ns, error) and tag in before[3]:
+        return f" [failed twice with {tag}; tried again when the file or the decoders change]"
+    return f" [with {tag}; tried once more on the next run]"
+
+
+def _failed_for_good(failed: tuple[int, int, str, str] | None, f: ImageFile) -> bool:
     """Whether a file failed before as it is now, in a way that trying again cannot change."""
-    return failed is not None and failed[:2] == (f.size, f.mtime_ns) and failed[2] not in RETRY_EVERY_RUN
+    if failed is None or failed[:2] != (f.size, f.mtime_ns) or failed[2] in RETRY_EVERY_RUN:
+        return False
+    return failed[2] not in RETRY_ONCE or f"failed twice with {decoders_tag()}" in failed[3]
 
 
 def _under(path: str, root: str) -> bool:
@@ -250,6 +281,7 @@ def run(
 
     def fail(f: ImageFile, error: str, message: str) -> None:
         counts["failed"] += 1
+        message += _retry_note(error, p.failed_before.get(f.path), f)
         pending_failed.append(FailureRow(f.path, f.root, f.size, f.mtime_ns, error, message))
 
     out: queue.Queue = queue.Queue()
@@ -318,6 +350,8 @@ def run(
                 else:
                     batch.append(item)
             elif isinstance(item, DecodeFailed):
+                if pool is not None and pool.broken:  # the decoders' fault, not the file's: record nothing
+                    raise DinosearchError(f"the image decoders cannot start: {pool.broken}")
                 if item.error != VANISHED:  # gone since the walk: the next run sweeps it
                     fail(item.task[0], item.error, item.message)
             elif isinstance(item, _Reuse):

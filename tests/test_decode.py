@@ -12,6 +12,7 @@ from dinosearch.decode import DecodeError, decode, load_rgb
 from dinosearch.devmodel import DINOV2_PROCESSOR
 from dinosearch.records import Preprocess
 
+from . import hostile as H
 from .images import jpeg_bytes, photo, with_exif_orientation
 
 PRE = Preprocess(256, 224, 224, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -150,16 +151,6 @@ def test_jpeg_with_missing_scan_lines_stays_corrupt() -> None:
     assert err.value.kind == "corrupt"
 
 
-def _png_declaring(width: int, height: int) -> bytes:
-    import struct
-    import zlib
-
-    data = bytearray(encode(Image.new("L", (1, 1)), "PNG"))
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
-
-
 @pytest.mark.parametrize("max_pixels", [None, 100_000_000])
 def test_too_large_names_the_size_the_limit_and_the_knob(max_pixels: int | None) -> None:
     """20000x10000 is over Pillow's own bomb limit too: the message is still ours, with numbers."""
@@ -167,33 +158,13 @@ def test_too_large_names_the_size_the_limit_and_the_knob(max_pixels: int | None)
 
     limit = max_pixels or MAX_PIXELS
     with pytest.raises(DecodeError) as err:
-        decode(_png_declaring(20000, 10000), PRE, max_pixels=limit)
+        decode(H.png_declaring(20000, 10000), PRE, max_pixels=limit)
     assert err.value.kind == "too-large"
     assert "20000x10000" in err.value.message and str(limit) in err.value.message
     assert "--max-pixels" in err.value.message
 
 
-def _bmp_with_compression(code: int) -> bytes:
-    import struct
-
-    data = bytearray(encode(photo(40, 30), "BMP"))
-    data[30:34] = struct.pack("<I", code)
-    return bytes(data)
-
-
-def _tiff_with_compression(code: int) -> bytes:
-    import struct
-
-    data = bytearray(encode(photo(40, 30), "TIFF", compression="tiff_lzw"))
-    ifd = struct.unpack("<I", data[4:8])[0]
-    for i in range(struct.unpack("<H", data[ifd : ifd + 2])[0]):
-        entry = ifd + 2 + 12 * i
-        if struct.unpack("<H", data[entry : entry + 2])[0] == 259:
-            data[entry + 8 : entry + 10] = struct.pack("<H", code)
-    return bytes(data)
-
-
-@pytest.mark.parametrize("data", [_bmp_with_compression(4), _tiff_with_compression(50001)], ids=["bmp-jpeg", "tiff-webp"])
+@pytest.mark.parametrize("data", [H.bmp_with_compression(4), H.tiff_with_compression(50001)], ids=["bmp-jpeg", "tiff-webp"])
 def test_valid_files_of_an_unsupported_variant_are_not_called_corrupt(data: bytes) -> None:
     with pytest.raises(DecodeError) as err:
         decode(data, PRE)
@@ -204,4 +175,4 @@ def test_valid_files_of_an_unsupported_variant_are_not_called_corrupt(data: byte
 def test_a_limit_above_pillows_own_is_the_one_in_effect() -> None:
     from dinosearch.decode import open_image
 
-    assert open_image(_png_declaring(20000, 10000), max_pixels=300_000_000).size == (20000, 10000)
+    assert open_image(H.png_declaring(20000, 10000), max_pixels=300_000_000).size == (20000, 10000)

@@ -148,17 +148,17 @@ class Catalogue:
                     out[path_of(key)] = Known(id_, size, mtime, h)
         return out
 
-    def failures_under(self, roots: Iterable[str]) -> dict[str, tuple[int, int, str]]:
-        """Every failed path at or below the roots -> (size, mtime_ns, error) when it failed."""
-        out: dict[str, tuple[int, int, str]] = {}
+    def failures_under(self, roots: Iterable[str]) -> dict[str, tuple[int, int, str, str]]:
+        """Every failed path at or below the roots -> (size, mtime_ns, error, message) when it failed."""
+        out: dict[str, tuple[int, int, str, str]] = {}
         with self.engine.connect() as conn:
             for root in roots:
                 lo, hi = prefix_range(root)
-                q = select(failures.c.path, failures.c.size, failures.c.mtime_ns, failures.c.error).where(
+                q = select(failures.c.path, failures.c.size, failures.c.mtime_ns, failures.c.error, failures.c.message).where(
                     ((failures.c.path >= lo) & (failures.c.path < hi)) | (failures.c.path == path_key(root))
                 )
-                for key, size, mtime, error in conn.execute(q):
-                    out[path_of(key)] = (size, mtime, error)
+                for key, size, mtime, error, message in conn.execute(q):
+                    out[path_of(key)] = (size, mtime, error, message)
         return out
 
     def vector_for_hash(self, content_hash: str) -> bytes | None:
