@@ -116,6 +116,8 @@ def index(
         with ix, _progress(enabled=not as_json and sys.stderr.isatty()) as progress:
             limit = {"max_pixels": max_pixels} if max_pixels else {}
             report = ix.add(*paths, follow_symlinks=follow_symlinks, metadata=metadata, progress=progress, **limit)
+        if not (report.added or report.updated or report.unchanged or report.failed or report.removed):
+            _err(f"warning: no images found under {', '.join(_safe(display_path(str(p))) for p in paths)}")
         for w in report.warnings:
             _err(f"warning: {w}")
         if as_json:
@@ -138,7 +140,9 @@ def query(
     images: list[Path] = typer.Argument(..., help="Query image(s); several: their mean", show_default=False),
     index: Optional[Path] = IndexOpt,
     k: int = typer.Option(10, "-k", "--k", min=1, help="How many results"),
-    min_score: Optional[float] = typer.Option(None, "--min-score", help="Only results with cosine >= this"),
+    min_score: Optional[float] = typer.Option(
+        None, "--min-score", min=-1.0, max=1.0, help="Only results with cosine >= this (-1 to 1)"
+    ),
     where: Optional[list[str]] = typer.Option(None, "--where", help="Metadata filter key=value (repeatable)"),
     model: Optional[str] = typer.Option(None, "--model", help="Model for images not in the index [default: the index's]"),
     device: Device = typer.Option(Device.auto, "--device", help="Where the model runs, if needed"),
@@ -152,7 +156,14 @@ def query(
         filters = _parse_where(where or [])
         with _open(index, create=False, model=model or settings.model_from_env(), device=device.value,
                    backend=backend.value, precision=precision.value) as ix:
+            if ix.catalogue.count_images() == 0:
+                raise DinosearchError(f"the index at {ix.dir} holds no images; add some with `dinosearch index PATH`")
             hits = ix.search(*images, k=k, min_score=min_score, where=filters)
+            unknown = [key for key in filters if not hits and not ix.catalogue.has_metadata_key(key)]
+            if unknown:
+                raise DinosearchError(
+                    f"no indexed image has the metadata key {unknown[0]!r}; attach metadata with `dinosearch index PATH --metadata FILE`"
+                )
         if as_json:
             typer.echo(json.dumps({"results": [h.to_dict() for h in hits]}, ensure_ascii=False))
             return
@@ -180,7 +191,7 @@ def stats(index: Optional[Path] = IndexOpt, as_json: bool = JsonOpt) -> None:
             typer.echo(json.dumps(s.to_dict()))
         else:
             for key, value in s.to_dict().items():
-                typer.echo(f"{key:>10}: {value}")
+                typer.echo(f"{key:>10}: {'none yet (nothing indexed)' if value is None else value}")
 
     _run(go)
 

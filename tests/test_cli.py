@@ -175,3 +175,29 @@ def os_utime_later(path: Path) -> None:
 
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+def test_an_empty_index_says_so(env: dict, tmp_path: Path, photos: list[Path]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = invoke("index", str(empty))
+    assert code == 0 and "no images found" in err
+    code, out, err = invoke("query", str(photos[0]))
+    assert code == 1 and "holds no images" in err and "dinosearch index" in err and "cannot load model" not in err
+    code, out, _ = invoke("stats")
+    assert code == 0 and "None" not in out
+
+
+def test_impossible_min_score_and_unknown_where_key_are_refused(env: dict, photos: list[Path], tmp_path: Path) -> None:
+    assert invoke("index", str(tmp_path / "photos"))[0] == 0
+    code, _, _ = invoke("query", str(photos[0]), "--min-score", "2")
+    assert code == 2
+    code, _, err = invoke("query", str(photos[0]), "--where", "colour=red")
+    assert code == 1 and "colour" in err and "--metadata" in err
+
+
+def test_add_expands_the_home_directory(index_dir: Path, tiny_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    save(photo(96, 64, seed=1), tmp_path / "Pictures" / "a.jpg")
+    with Index(index_dir, model=tiny_model, workers=1) as ix:
+        assert ix.add("~/Pictures").added == 1

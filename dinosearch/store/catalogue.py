@@ -340,6 +340,13 @@ class Catalogue:
         with self.engine.connect() as conn:
             return np.fromiter((r[0] for r in conn.execute(q)), dtype=np.int64)
 
+    def has_metadata_key(self, key: str) -> bool:
+        """Whether any image's metadata has this key (a filter on another key can match nothing)."""
+        jpath = '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        q = select(images.c.id).where(func.json_type(images.c.meta_json, bindparam("k", jpath)).is_not(None)).limit(1)
+        with self.engine.connect() as conn:
+            return conn.execute(q).first() is not None
+
     def disk_bytes(self) -> int:
         return disk_bytes(self.dir)
 
