@@ -125,8 +125,8 @@ def index(
         else:
             typer.echo(
                 f"{report.added} added, {report.updated} updated, {report.removed} removed, "
-                f"{report.unchanged} unchanged, {report.failed} failed in {report.seconds:.1f} s "
-                f"({report.images_per_second:.1f} images/s)"
+                f"{report.unchanged} unchanged, {report.failed} failed in {report.seconds:.1f} s"
+                + (f" ({report.images_per_second:.1f} images/s)" if report.added + report.updated else "")
                 + ("; see `dinosearch failures`" if report.failed else "")
             )
             if report.metadata_matched is not None:
@@ -256,19 +256,22 @@ class _progress:
             def render(self, task: Any) -> Any:
                 from rich.text import Text
 
+                # The first images arrive in a burst once the model is up: a rate means something
+                # only after a few batches.
                 speed = task.finished_speed or task.speed
-                return Text(f"{speed:.1f} img/s" if speed else "")
+                settled = task.completed >= 64 or (task.elapsed or 0) >= 10
+                return Text(f"{speed:.1f} img/s" if speed and settled else "")
 
         self.bar = Progress(
-            TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), Rate(), TimeRemainingColumn(),
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(), TimeRemainingColumn(),
             transient=True,
         )
         self.bar.start()
+        # Loading the model takes seconds before the first image: say so rather than stay silent.
+        self.task = self.bar.add_task("loading the model and starting the decoders", total=None)
 
         def update(done: int, total: int) -> None:
-            if self.task is None:
-                self.task = self.bar.add_task("index", total=total)
-            self.bar.update(self.task, completed=done, total=total)
+            self.bar.update(self.task, completed=done, total=total, description="indexing")
 
         return update
 

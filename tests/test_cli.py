@@ -78,8 +78,9 @@ def test_min_score_and_several_query_images(env: dict, photos: list[Path], tmp_p
     results = json.loads(out)["results"]
     paths = {r["path"] for r in results}
     assert str(photos[0]) not in paths and str(photos[1]) not in paths
-    code, out, _ = invoke("query", str(photos[0]), "--min-score", "1.01", "--json")
-    assert json.loads(out)["results"] == []
+    code, out, _ = invoke("query", str(photos[0]), "--min-score", "1.0", "--json")
+    assert json.loads(out)["results"] == []  # no other photo is identical
+    assert invoke("query", str(photos[0]), "--min-score", "1.01", "--json")[0] == 2  # above any cosine
 
 
 def test_run_level_errors_exit_non_zero_with_one_line(env: dict, tmp_path: Path) -> None:
@@ -201,3 +202,9 @@ def test_add_expands_the_home_directory(index_dir: Path, tiny_model: str, tmp_pa
     save(photo(96, 64, seed=1), tmp_path / "Pictures" / "a.jpg")
     with Index(index_dir, model=tiny_model, workers=1) as ix:
         assert ix.add("~/Pictures").added == 1
+
+
+def test_a_run_that_did_nothing_shows_no_rate(env: dict, photos: list[Path], tmp_path: Path) -> None:
+    assert invoke("index", str(tmp_path / "photos"))[0] == 0
+    code, out, _ = invoke("index", str(tmp_path / "photos"))
+    assert code == 0 and "5 unchanged" in out and "images/s" not in out

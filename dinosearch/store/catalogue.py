@@ -333,22 +333,25 @@ class Catalogue:
         """Ids whose metadata has every key equal to the value (compared as text)."""
         q = select(images.c.id)
         for i, (key, value) in enumerate(where.items()):
-            jpath = '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
             q = q.where(
-                cast(func.json_extract(images.c.meta_json, bindparam(f"k{i}", jpath)), Text) == bindparam(f"v{i}", value)
+                cast(func.json_extract(images.c.meta_json, bindparam(f"k{i}", _json_path(key))), Text) == bindparam(f"v{i}", value)
             )
         with self.engine.connect() as conn:
             return np.fromiter((r[0] for r in conn.execute(q)), dtype=np.int64)
 
     def has_metadata_key(self, key: str) -> bool:
         """Whether any image's metadata has this key (a filter on another key can match nothing)."""
-        jpath = '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        q = select(images.c.id).where(func.json_type(images.c.meta_json, bindparam("k", jpath)).is_not(None)).limit(1)
+        q = select(images.c.id).where(func.json_type(images.c.meta_json, bindparam("k", _json_path(key))).is_not(None)).limit(1)
         with self.engine.connect() as conn:
             return conn.execute(q).first() is not None
 
     def disk_bytes(self) -> int:
         return disk_bytes(self.dir)
+
+
+def _json_path(key: str) -> str:
+    """A metadata key as an SQLite JSON path, quoted so that any key names exactly itself."""
+    return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _bump(conn: Any) -> None:
