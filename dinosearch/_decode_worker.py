@@ -10,11 +10,16 @@ if multiprocessing.parent_process() is not None:
     # In the worker only: one decode per process, no BLAS or OpenMP thread pools fighting the model.
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
+    # Ctrl-C reaches the whole process group: the parent stops the run and the workers; a worker's own
+    # KeyboardInterrupt traceback would only clutter the terminal.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
-from .decode import DecodeError, Decoded, decode  # noqa: E402
+from .decode import CodecOutput, DecodeError, Decoded, decode  # noqa: E402
 from .read import Unreadable, Vanished, content_hash, read_whole  # noqa: E402
 from .records import MAX_PIXELS, FailureKind, Preprocess  # noqa: E402
 
@@ -89,6 +94,7 @@ def worker_main(conn: Any, pre: Preprocess, max_pixels: int = MAX_PIXELS, memory
     bottleneck when the model is fast.
     """
     _limit_memory(memory_limit)
+    codec = CodecOutput()
     # Codec warnings (corrupt EXIF, odd chunks) would interleave with the progress bar; what matters
     # about a file is its result, and a failure is recorded with its reason.
     warnings.simplefilter("ignore")
@@ -104,8 +110,12 @@ def worker_main(conn: Any, pre: Preprocess, max_pixels: int = MAX_PIXELS, memory
             return
         if source is None:
             return
+        codec.clear()
         reply = _decode_one(source, pre, max_pixels, faults)
         source = None  # don't hold the bytes while idle
+        said = codec.said() if isinstance(reply, WorkerFailed) and reply.kind != VANISHED else ""
+        if said:  # what the codec wrote to stderr, instead of the terminal: it can say what is wrong
+            reply = WorkerFailed(reply.kind, f"{reply.message} (the decoder said: {said})")
         conn.send(reply)
 
 

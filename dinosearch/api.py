@@ -99,6 +99,7 @@ class Index:
         """
         from . import index as indexer
 
+        paths = tuple(os.path.expanduser(os.fspath(p)) for p in paths)  # "~/Pictures", as the constructor does
         rows = read_metadata(metadata) if metadata is not None else None
         with WriterLock(self.dir):
             made_with = self.fingerprint

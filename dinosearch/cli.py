@@ -101,6 +101,9 @@ def index(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per model batch [default: 16 on CPU, 64 on GPU]"),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decode processes [default: CPU count]"),
     follow_symlinks: bool = typer.Option(False, "--follow-symlinks", help="Follow symbolic links while walking"),
+    max_pixels: Optional[int] = typer.Option(
+        None, "--max-pixels", min=1, help="Largest image to decode, in pixels, checked from its header [default: 178956970]"
+    ),
     metadata: Optional[Path] = typer.Option(
         None, "--metadata", help="CSV or JSON-lines file: a `path` column relative to PATH, other columns attached"
     ),
@@ -112,7 +115,10 @@ def index(
         ix = _open(index, create=True, model=model or settings.model_from_env(), device=device.value,
                    backend=backend.value, precision=precision.value, batch_size=batch_size, workers=workers)
         with ix, _progress(enabled=not as_json and sys.stderr.isatty()) as progress:
-            report = ix.add(*paths, follow_symlinks=follow_symlinks, metadata=metadata, progress=progress)
+            limit = {"max_pixels": max_pixels} if max_pixels else {}
+            report = ix.add(*paths, follow_symlinks=follow_symlinks, metadata=metadata, progress=progress, **limit)
+        if not (report.added or report.updated or report.unchanged or report.failed or report.removed):
+            _err(f"warning: no images found under {', '.join(_safe(display_path(str(p))) for p in paths)}")
         for w in report.warnings:
             _err(f"warning: {w}")
         if as_json:
@@ -120,8 +126,8 @@ def index(
         else:
             typer.echo(
                 f"{report.added} added, {report.updated} updated, {report.removed} removed, "
-                f"{report.unchanged} unchanged, {report.failed} failed in {report.seconds:.1f} s "
-                f"({report.images_per_second:.1f} images/s)"
+                f"{report.unchanged} unchanged, {report.failed} failed in {report.seconds:.1f} s"
+                + (f" ({report.images_per_second:.1f} images/s)" if report.added + report.updated else "")
                 + ("; see `dinosearch failures`" if report.failed else "")
             )
             if report.metadata_matched is not None:
@@ -135,7 +141,9 @@ def query(
     images: list[Path] = typer.Argument(..., help="Query image(s); several: their mean", show_default=False),
     index: Optional[Path] = IndexOpt,
     k: int = typer.Option(10, "-k", "--k", min=1, help="How many results"),
-    min_score: Optional[float] = typer.Option(None, "--min-score", help="Only results with cosine >= this"),
+    min_score: Optional[float] = typer.Option(
+        None, "--min-score", min=-1.0, max=1.0, help="Only results with cosine >= this (-1 to 1)"
+    ),
     where: Optional[list[str]] = typer.Option(None, "--where", help="Metadata filter key=value (repeatable)"),
     model: Optional[str] = typer.Option(None, "--model", help="Model for images not in the index [default: the index's]"),
     device: Device = typer.Option(Device.auto, "--device", help="Where the model runs, if needed"),
@@ -152,7 +160,14 @@ def query(
             raise DinosearchError(f"--where: {exc}") from None
         with _open(index, create=False, model=model or settings.model_from_env(), device=device.value,
                    backend=backend.value, precision=precision.value) as ix:
+            if ix.catalogue.count_images() == 0:
+                raise DinosearchError(f"the index at {ix.dir} holds no images; add some with `dinosearch index PATH`")
             hits = ix.search(*images, k=k, min_score=min_score, where=filters)
+            unknown = [key for key in filters if not hits and not ix.catalogue.has_metadata_key(key)]
+            if unknown:
+                raise DinosearchError(
+                    f"no indexed image has the metadata key {unknown[0]!r}; attach metadata with `dinosearch index PATH --metadata FILE`"
+                )
         if as_json:
             typer.echo(json.dumps({"results": [h.to_dict() for h in hits]}, ensure_ascii=False))
             return
@@ -180,7 +195,7 @@ def stats(index: Optional[Path] = IndexOpt, as_json: bool = JsonOpt) -> None:
             typer.echo(json.dumps(s.to_dict()))
         else:
             for key, value in s.to_dict().items():
-                typer.echo(f"{key:>10}: {value}")
+                typer.echo(f"{key:>10}: {'none yet (nothing indexed)' if value is None else value}")
 
     _run(go)
 
@@ -235,19 +250,22 @@ class _progress:
             def render(self, task: Any) -> Any:
                 from rich.text import Text
 
+                # The first images arrive in a burst once the model is up: a rate means something
+                # only after a few batches.
                 speed = task.finished_speed or task.speed
-                return Text(f"{speed:.1f} img/s" if speed else "")
+                settled = task.completed >= 64 or (task.elapsed or 0) >= 10
+                return Text(f"{speed:.1f} img/s" if speed and settled else "")
 
         self.bar = Progress(
-            TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), Rate(), TimeRemainingColumn(),
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(), TimeRemainingColumn(),
             transient=True,
         )
         self.bar.start()
+        # Loading the model takes seconds before the first image: say so rather than stay silent.
+        self.task = self.bar.add_task("loading the model and starting the decoders", total=None)
 
         def update(done: int, total: int) -> None:
-            if self.task is None:
-                self.task = self.bar.add_task("index", total=total)
-            self.bar.update(self.task, completed=done, total=total)
+            self.bar.update(self.task, completed=done, total=total, description="indexing")
 
         return update
 

@@ -7,11 +7,16 @@ touches the file system, and so a file's hash and its pixels always come from th
 from __future__ import annotations
 
 import io
+import os
+import tempfile
+import threading
 import warnings
+from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, TiffImagePlugin, UnidentifiedImageError
 
 from .records import MAX_PIXELS, Preprocess
 from .records import FailureKind as K
@@ -132,19 +137,78 @@ def open_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
             K.NOT_AN_IMAGE, f"not a supported image{seen}; supported formats are {SUPPORTED}"
         ) from None
     except Image.DecompressionBombError:
-        raise DecodeError(K.TOO_LARGE, "declares more pixels than the decompression-bomb limit") from None
+        # Pillow's own limit fired first: ours (`max_pixels`, which may be higher) is the one that decides.
+        im = _open_unchecked(data)
+        if im is None or im.size[0] * im.size[1] > max_pixels:
+            raise _too_large(im.size if im is not None else None, max_pixels) from None
     except Exception as exc:  # noqa: BLE001 - codecs raise anything on malformed headers
+        if _is_unsupported(exc):
+            raise _unsupported(damaged_format(data) or "image", str(exc)) from None
         raise DecodeError(K.CORRUPT, f"unreadable {_kind_of(exc)} in the image header; re-export the file") from None
     width, height = im.size
     if width <= 0 or height <= 0:
         raise DecodeError(K.CORRUPT, f"declares an impossible size {width}x{height}; re-export the file")
     if width * height > max_pixels:
-        raise DecodeError(
-            K.TOO_LARGE,
-            f"is {width}x{height} ({width * height / 1e6:.0f} MP), over the {max_pixels / 1e6:.0f} MP limit; "
-            "downscale it and try again",
-        )
+        raise _too_large((width, height), max_pixels)
     return im
+
+
+# How to raise the pixel limit, named in the too-large message.
+RAISE_LIMIT = "`dinosearch index --max-pixels N` (Index.add(..., max_pixels=N))"
+
+
+def _too_large(size: tuple[int, int] | None, max_pixels: int) -> DecodeError:
+    dims = f"is {size[0]}x{size[1]} ({size[0] * size[1] / 1e6:.0f} MP)" if size else "declares more pixels than that"
+    return DecodeError(
+        K.TOO_LARGE,
+        f"{dims}, over the limit of {max_pixels} pixels ({max_pixels / 1e6:.0f} MP); "
+        f"downscale it, or raise the limit with {RAISE_LIMIT}",
+    )
+
+
+def _open_unchecked(data: bytes) -> Image.Image | None:
+    """Open through the allowed formats' own openers, without Pillow's bomb check (ours follows)."""
+    Image.init()
+    for fmt in ALLOWED_FORMATS:
+        if fmt not in Image.OPEN:
+            continue
+        factory, accept = Image.OPEN[fmt]
+        if accept is not None and not accept(data[:16]):
+            continue
+        try:
+            return factory(io.BytesIO(data), "")
+        except Exception:  # noqa: BLE001 - not this format: try the next
+            continue
+    return None
+
+
+# Pillow's words for a valid file of a variant it does not implement (BMP bit layouts and compressions,
+# TIFF codecs left out of this libtiff), as opposed to damage.
+_UNSUPPORTED_WORDS = ("unsupported", "not supported", "not configured", "not implemented", "unknown compression")
+
+# TIFF compressions every Pillow build reads (raw, CCITT, LZW, JPEG, deflate, PackBits).
+_TIFF_COMMON = frozenset({1, 2, 3, 4, 5, 6, 7, 8, 32773, 32946})
+
+
+def _is_unsupported(exc: BaseException) -> bool:
+    return isinstance(exc, (OSError, ValueError, NotImplementedError)) and any(
+        w in str(exc).lower() for w in _UNSUPPORTED_WORDS
+    )
+
+
+def _unsupported(fmt: str, why: str) -> DecodeError:
+    return DecodeError(
+        K.UNSUPPORTED,
+        f"a valid {fmt} file of a variant this decoder cannot read ({why.rstrip('.')}); "
+        "the file is not damaged: convert it to PNG or JPEG to index it",
+    )
+
+
+def _unsupported_tiff(im: Image.Image) -> DecodeError | None:
+    compression = getattr(im, "tag_v2", {}).get(259) if im.format == "TIFF" else None
+    if compression is None or compression in _TIFF_COMMON:
+        return None
+    return _unsupported("TIFF", f"compression {TiffImagePlugin.COMPRESSION_INFO.get(compression, compression)}")
 
 
 def _kind_of(exc: BaseException) -> str:
@@ -164,9 +228,7 @@ def load_rgb(
     fmt = im.format or "?"
     width, height = im.size
     try:
-        if fmt == "JPEG" and min_side > 0:
-            im.draft("RGB", (min_side, min_side))
-        im.load()  # the first frame of a GIF/WebP animation or the first page of a TIFF
+        im = _load(im, data, fmt, min_side)
         before = im.size
         im = _upright(im)
         if im.size != before and im.size == before[::-1]:
@@ -177,9 +239,53 @@ def load_rgb(
     except MemoryError:
         raise DecodeError(K.TOO_LARGE, "ran out of memory decoding this image; downscale it and try again") from None
     except Exception as exc:  # noqa: BLE001 - truncated or corrupt data raises many types
+        unsupported = _unsupported_tiff(im) or (_unsupported(fmt, str(exc)) if _is_unsupported(exc) else None)
+        if unsupported is not None:
+            raise unsupported from None
         raise DecodeError(
             K.CORRUPT, f"{fmt} data is truncated or corrupt ({type(exc).__name__}); re-copy or re-export it"
         ) from None
+
+
+def _load(im: Image.Image, data: bytes, fmt: str, min_side: int) -> Image.Image:
+    """Decode the pixels (the first frame of a GIF/WebP animation, the first page of a TIFF)."""
+    if fmt == "JPEG" and min_side > 0:
+        im.draft("RGB", (min_side, min_side))
+    try:
+        im.load()
+        return im
+    except OSError as exc:
+        whole = _jpeg_without_end_marker(data, min_side) if fmt == "JPEG" and "truncated" in str(exc) else None
+        if whole is None:
+            raise
+        return whole
+
+
+_EOI = b"\xff\xd9"
+# Bytes that are never a marker (no 0xFF): as entropy-coded data they decode to visible pixels.
+_FILLER = bytes(range(0x20, 0xA0)) * 8
+
+
+def _jpeg_without_end_marker(data: bytes, min_side: int) -> Image.Image | None:
+    """The image of a JPEG whose every scan is complete but whose end marker (FF D9) is missing, as
+    optimisers and some cameras write them; None when scan data is really missing.
+
+    The test: decode it ended right after its last byte and ended after extra filler bytes. A decoder
+    that had every scan skips the filler as junk before the marker, so both images are identical; one
+    still inside a scan decodes the filler as pixels, so they differ."""
+
+    def decoded(tail: bytes) -> Image.Image:
+        im = Image.open(io.BytesIO(data + tail), formats=("JPEG",))
+        if min_side > 0:
+            im.draft("RGB", (min_side, min_side))
+        im.load()
+        return im
+
+    try:
+        ended, padded = decoded(_EOI), decoded(_FILLER + _EOI)
+    except Exception:  # noqa: BLE001 - damaged beyond a missing end: the caller reports the first error
+        return None
+    return ended if ended.tobytes() == padded.tobytes() else None
 
 
 def _upright(im: Image.Image) -> Image.Image:
@@ -281,3 +387,57 @@ def decode(data: bytes, pre: Preprocess, *, max_pixels: int = MAX_PIXELS) -> Dec
 def prepare_pil(im: Image.Image, pre: Preprocess) -> np.ndarray:
     """An already-open PIL image (library callers) -> model-ready pixels, with the same conversions."""
     return resize_and_crop(_to_rgb(_upright(im)), pre)
+
+
+class CodecOutput:
+    """What C codecs write to this process's stderr (libtiff prints hundreds of lines for some damaged
+    files), kept off the user's terminal: fd 2 goes to a temporary file, read back per file. For a
+    decode worker, which owns its stderr; see `quiet_codecs` for a one-off decode elsewhere."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile()
+        os.dup2(self._file.fileno(), 2)
+
+    def clear(self) -> None:
+        os.lseek(2, 0, os.SEEK_SET)
+        os.ftruncate(2, 0)
+
+    def said(self) -> str:
+        """The first line the codec wrote since `clear` (without the name of Pillow's temporary file)."""
+        os.lseek(2, 0, os.SEEK_SET)
+        return _first_line(os.read(2, 4096))
+
+
+def _first_line(raw: bytes) -> str:
+    line = next((ln.strip() for ln in raw.decode("utf-8", "replace").splitlines() if ln.strip()), "")
+    return line.removeprefix("tempfile.tif: ")[:200]
+
+
+_QUIET = threading.Lock()
+
+
+@contextmanager
+def quiet_codecs() -> Iterator[None]:
+    """Run a decode with this process's stderr (fd 2) set aside; a DecodeError raised inside gets the
+    codec's first line appended to its message."""
+    with _QUIET, tempfile.TemporaryFile() as sink:
+        saved = os.dup(2)
+        try:
+            os.dup2(sink.fileno(), 2)
+            yield
+        except DecodeError as exc:
+            sink.seek(0)
+            said = _first_line(sink.read(4096))
+            if said:
+                exc.message = f"{exc.message} (the decoder said: {said})"
+                exc.args = (exc.message,)
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def check_decodable(data: bytes, *, max_pixels: int = MAX_PIXELS) -> None:
+    """Raise DecodeError unless the bytes decode, quietly and before any model is loaded."""
+    with quiet_codecs():
+        load_rgb(data, min_side=256, max_pixels=max_pixels)

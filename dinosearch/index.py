@@ -148,6 +148,8 @@ class _LocalRun:
         if isinstance(item, DecodeDone):
             self._decoded(item)
         elif isinstance(item, DecodeFailed):
+            if self.pool is not None and self.pool.broken:  # the decoders' fault, not the file's: record nothing
+                raise DinosearchError(f"the image decoders cannot start: {self.pool.broken}")
             if item.error != VANISHED:  # gone since the walk: the next run sweeps it
                 w.fail(item.task.file, item.error, item.message)
         elif isinstance(item, Reuse):

@@ -8,7 +8,7 @@ under a root that is missing, empty (unmounted?) or unlistable, whose rows are a
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import PathNotFoundError
 from .records import FailureKind, ImageFile
@@ -18,6 +18,12 @@ from .walk import WalkResult, walk
 # Failures tried again on every run even when the file is unchanged: the fix (chmod) leaves its mtime
 # as it was, and a refused open costs nothing.
 RETRY_EVERY_RUN = frozenset({FailureKind.UNREADABLE})
+
+# A decoder that crashed or hung may have met a passing condition (memory pressure, a busy machine):
+# such a file is tried once more on the next run, then again only when the decoders change.
+RETRY_ONCE = frozenset({FailureKind.CRASHED, FailureKind.TIMEOUT})
+
+FailedBefore = tuple[int, int, str, str]  # (size, mtime_ns, error, message) of a recorded failure
 
 
 @dataclass
@@ -31,6 +37,7 @@ class Plan:
     gone: list[str]  # indexed paths to sweep
     gone_failures: list[str]  # failure rows to sweep
     warnings: list[str]
+    failed_before: dict[str, FailedBefore] = field(default_factory=dict)  # failures recorded under the roots
 
 
 def plan(catalogue: Catalogue, roots: list[str], *, follow_symlinks: bool = False) -> Plan:
@@ -60,7 +67,7 @@ def plan(catalogue: Catalogue, roots: list[str], *, follow_symlinks: bool = Fals
                 todo.append(f)
     gone = [p for p in known if p not in seen and not any(under(p, r) for r in protected)]
     gone_failures = [p for p in known_failed if p not in seen and not any(under(p, r) for r in protected)]
-    return Plan(todo, known, unchanged, failed_unchanged, gone, gone_failures, warnings)
+    return Plan(todo, known, unchanged, failed_unchanged, gone, gone_failures, warnings, known_failed)
 
 
 def _protected_roots(walks: dict[str, WalkResult], known: dict[str, Known]) -> tuple[list[str], list[str]]:
@@ -78,9 +85,34 @@ def _protected_roots(walks: dict[str, WalkResult], known: dict[str, Known]) -> t
     return warnings, protected
 
 
-def _failed_for_good(failed: tuple[int, int, str] | None, f: ImageFile) -> bool:
+def _failed_for_good(failed: FailedBefore | None, f: ImageFile) -> bool:
     """Whether a file failed before as it is now, in a way that trying again cannot change."""
-    return failed is not None and failed[:2] == (f.size, f.mtime_ns) and failed[2] not in RETRY_EVERY_RUN
+    if failed is None or failed[:2] != (f.size, f.mtime_ns) or failed[2] in RETRY_EVERY_RUN:
+        return False
+    return failed[2] not in RETRY_ONCE or f"failed twice with {decoders_tag()}" in failed[3]
+
+
+def decoders_tag() -> str:
+    """The versions of the decoders, recorded in crashed/timeout messages."""
+    from importlib import metadata
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "none"
+
+    return f"Pillow {version('pillow')}, pillow-heif {version('pillow-heif')}"
+
+
+def retry_note(error: str, before: FailedBefore | None, f: ImageFile) -> str:
+    """The note a crashed/timeout failure carries: what the next run will do about it."""
+    if error not in RETRY_ONCE:
+        return ""
+    tag = decoders_tag()
+    if before is not None and before[:3] == (f.size, f.mtime_ns, error) and tag in before[3]:
+        return f" [failed twice with {tag}; tried again when the file or the decoders change]"
+    return f" [with {tag}; tried once more on the next run]"
 
 
 def under(path: str, root: str) -> bool:

@@ -86,10 +86,11 @@ class QueryVectors:
         stored = self.stored(data)
         if stored is not None:
             return stored
-        from .decode import DecodeError, decode
+        from .decode import DecodeError, check_decodable, decode
 
-        embedder = self.model.get()
         try:
+            check_decodable(data, max_pixels=max_pixels)  # an image that cannot be used is refused before the model loads
+            embedder = self.model.get()
             decoded = decode(data, embedder.preprocess, max_pixels=max_pixels)
         except DecodeError as exc:
             raise ImageError(f"{name}: {exc.message}", kind=exc.kind) from None

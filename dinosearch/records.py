@@ -18,6 +18,7 @@ class FailureKind(str, Enum):
     EMPTY = "empty"
     NOT_AN_IMAGE = "not-an-image"
     UNSUPPORTED_FORMAT = "unsupported-format"
+    UNSUPPORTED = "unsupported"  # a valid file of a variant the codec cannot decode (not damaged)
     CORRUPT = "corrupt"
     TOO_LARGE = "too-large"
     UNREADABLE = "unreadable"

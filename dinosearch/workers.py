@@ -7,8 +7,10 @@ their deadlines and exits, replaces any that die or hang, and turns every task i
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
 import signal
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -42,11 +44,24 @@ class DecodeFailed(Generic[T]):
     message: str
 
 
+_SPAWN_LOCK = threading.Lock()
+
+
 class _Worker:
     def __init__(self, ctx: Any, args: tuple):
         self.conn, child = ctx.Pipe(duplex=True)
         self.proc = ctx.Process(target=worker_main, args=(child, *args), daemon=True)
-        self.proc.start()
+        # The new process inherits a temporary file as its stderr: what it prints before it is ready (a
+        # traceback when it cannot start) is read back to name the cause, never sprayed on the terminal.
+        self.log = tempfile.TemporaryFile()
+        with _SPAWN_LOCK:
+            saved = os.dup(2)
+            try:
+                os.dup2(self.log.fileno(), 2)
+                self.proc.start()
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
         child.close()
         self.task: Any = None
         # Until the worker says it is ready (imports done), its deadline is a startup deadline, and it
@@ -59,6 +74,15 @@ class _Worker:
             self.proc.kill()
         self.proc.join(timeout=5)
         self.conn.close()
+        self.log.close()
+
+    def startup_output(self) -> str:
+        """What the process printed before it was ready (the traceback of a failed start), its end."""
+        try:
+            self.log.seek(0)
+            return self.log.read()[-8192:].decode("utf-8", "replace")
+        except (OSError, ValueError):
+            return ""
 
     def exit_description(self) -> str:
         self.proc.join(timeout=2)  # reap it, so that its exit code is known
@@ -199,7 +223,7 @@ class DecodePool(Generic[T]):
             dead = w.conn in ready or w.proc.sentinel in ready or not w.proc.is_alive()
             if not w.ready and (dead or now > w.deadline):
                 why = w.exit_description() if dead else f"not ready within {STARTUP_TIMEOUT:.0f} s"
-                self._startup_failed(i, f"a decode worker could not start ({why})")
+                self._startup_failed(i, _startup_failure(why, w.startup_output()))
             elif dead:
                 self.results.put(
                     DecodeFailed(
@@ -227,8 +251,9 @@ class DecodePool(Generic[T]):
         """A worker died (or hung) before it was ready: no file is to blame, unless none can start at all."""
         self._startup_failures += 1
         if self._startup_failures > MAX_STARTUP_FAILURES:
-            # Not one file's fault: stop spawning, and fail every file with the reason.
-            self._broken = f"{why}; check the installation and run again"
+            # Not one file's fault: stop spawning, and fail every file with the reason (an index run
+            # stops with it and records nothing against the files).
+            self._broken = why
             for w in self._workers:
                 if w.task is not None:
                     self.results.put(DecodeFailed(w.task, FailureKind.CRASHED, self._broken))
@@ -242,3 +267,20 @@ def _result(task: T, reply: WorkerDecoded | WorkerFailed) -> DecodeDone[T] | Dec
     if isinstance(reply, WorkerDecoded):
         return DecodeDone(task, reply.decoded, reply.read)
     return DecodeFailed(task, reply.kind, reply.message)
+
+
+def _startup_failure(why: str, output: str) -> str:
+    """A worker that could not start -> a message naming the likely cause and the fix."""
+    import sys
+
+    # A spawned worker imports the main script again; a script without a main guard then runs its
+    # indexing code in the worker, which fails there, with the script's module level in its traceback.
+    script = getattr(sys.modules.get("__main__"), "__file__", None)
+    if script and f'File "{script}"' in output and "in <module>" in output:
+        return (
+            f"decode worker processes import the main script ({os.path.basename(script)}) again, and it starts "
+            "indexing when imported; put its code under `if __name__ == \"__main__\":`"
+        )
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    said = f": {lines[-1][:200]}" if lines else ""
+    return f"a decode worker could not start ({why}{said}); check the installation and run again"

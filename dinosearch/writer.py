@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from .plan import Plan
+from .plan import Plan, retry_note
 from .records import IndexReport, ImageFile
 from .store.catalogue import Catalogue, FailureRow, ImageRow
 
@@ -51,6 +51,7 @@ class Writer:
 
     def fail(self, f: ImageFile, error: str, message: str) -> None:
         self.failed += 1
+        message += retry_note(error, self.plan.failed_before.get(f.path), f)
         self._failures.append(FailureRow(f.path, f.root, f.size, f.mtime_ns, str(error), message))
 
     def maybe_commit(self) -> None:

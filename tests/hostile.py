@@ -196,3 +196,26 @@ TEXT = b"this is a shopping list, not a photo\n"
 
 def random_bytes(n: int = 4096, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(n)
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    data = bytearray(encode(Image.new("L", (1, 1)), "PNG"))
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def bmp_with_compression(code: int) -> bytes:
+    data = bytearray(encode(photo(40, 30), "BMP"))
+    data[30:34] = struct.pack("<I", code)
+    return bytes(data)
+
+
+def tiff_with_compression(code: int) -> bytes:
+    data = bytearray(encode(photo(40, 30), "TIFF", compression="tiff_lzw"))
+    ifd = struct.unpack("<I", data[4:8])[0]
+    for i in range(struct.unpack("<H", data[ifd : ifd + 2])[0]):
+        entry = ifd + 2 + 12 * i
+        if struct.unpack("<H", data[entry : entry + 2])[0] == 259:
+            data[entry + 8 : entry + 10] = struct.pack("<H", code)
+    return bytes(data)

@@ -78,8 +78,9 @@ def test_min_score_and_several_query_images(env: dict, photos: list[Path], tmp_p
     results = json.loads(out)["results"]
     paths = {r["path"] for r in results}
     assert str(photos[0]) not in paths and str(photos[1]) not in paths
-    code, out, _ = invoke("query", str(photos[0]), "--min-score", "1.01", "--json")
-    assert json.loads(out)["results"] == []
+    code, out, _ = invoke("query", str(photos[0]), "--min-score", "1.0", "--json")
+    assert json.loads(out)["results"] == []  # no other photo is identical
+    assert invoke("query", str(photos[0]), "--min-score", "1.01", "--json")[0] == 2  # above any cosine
 
 
 def test_run_level_errors_exit_non_zero_with_one_line(env: dict, tmp_path: Path) -> None:
@@ -154,3 +155,56 @@ def test_help_names_what_to_install_for_each_backend() -> None:
     code, out, _ = invoke("index", "--help")
     text = " ".join(out.replace("│", " ").split())
     assert code == 0 and "pip install openvino" in text and "pip install onnxruntime onnx" in text
+
+
+def test_max_pixels_is_the_limit_in_effect(env: dict, tmp_path: Path) -> None:
+    folder = tmp_path / "big"
+    save(photo(400, 300), folder / "wide.png")
+    code, out, _ = invoke("index", str(folder), "--max-pixels", "100000", "--json")
+    assert code == 0 and json.loads(out)["failed"] == 1
+    code, out, _ = invoke("failures", "--json")
+    (failure,) = json.loads(out)
+    assert failure["error"] == "too-large"
+    assert "400x300" in failure["message"] and "100000" in failure["message"] and "--max-pixels" in failure["message"]
+    os_utime_later(folder / "wide.png")
+    code, out, _ = invoke("index", str(folder), "--max-pixels", "200000", "--json")
+    assert code == 0 and json.loads(out)["added"] == 1
+
+
+def os_utime_later(path: Path) -> None:
+    import os
+
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+def test_an_empty_index_says_so(env: dict, tmp_path: Path, photos: list[Path]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = invoke("index", str(empty))
+    assert code == 0 and "no images found" in err
+    code, out, err = invoke("query", str(photos[0]))
+    assert code == 1 and "holds no images" in err and "dinosearch index" in err and "cannot load model" not in err
+    code, out, _ = invoke("stats")
+    assert code == 0 and "None" not in out
+
+
+def test_impossible_min_score_and_unknown_where_key_are_refused(env: dict, photos: list[Path], tmp_path: Path) -> None:
+    assert invoke("index", str(tmp_path / "photos"))[0] == 0
+    code, _, _ = invoke("query", str(photos[0]), "--min-score", "2")
+    assert code == 2
+    code, _, err = invoke("query", str(photos[0]), "--where", "colour=red")
+    assert code == 1 and "colour" in err and "--metadata" in err
+
+
+def test_add_expands_the_home_directory(index_dir: Path, tiny_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    save(photo(96, 64, seed=1), tmp_path / "Pictures" / "a.jpg")
+    with Index(index_dir, model=tiny_model, workers=1) as ix:
+        assert ix.add("~/Pictures").added == 1
+
+
+def test_a_run_that_did_nothing_shows_no_rate(env: dict, photos: list[Path], tmp_path: Path) -> None:
+    assert invoke("index", str(tmp_path / "photos"))[0] == 0
+    code, out, _ = invoke("index", str(tmp_path / "photos"))
+    assert code == 0 and "5 unchanged" in out and "images/s" not in out

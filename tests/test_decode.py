@@ -12,6 +12,7 @@ from dinosearch.decode import DecodeError, decode, load_rgb
 from dinosearch.devmodel import DINOV2_PROCESSOR
 from dinosearch.records import Preprocess
 
+from . import hostile as H
 from .images import jpeg_bytes, photo, with_exif_orientation
 
 PRE = Preprocess(256, 224, 224, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -128,3 +129,50 @@ def test_jpeg_draft_keeps_enough_resolution() -> None:
     big = photo(4032, 3024, seed=2)
     im, size, _ = load_rgb(jpeg_bytes(big), min_side=256)
     assert size == (4032, 3024) and min(im.size) >= 256 and im.size[0] < 4032
+
+
+def _without_end_marker(data: bytes) -> bytes:
+    assert data.endswith(b"\xff\xd9")
+    return data[:-2]
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_jpeg_missing_only_its_end_marker_decodes_whole(progressive: bool) -> None:
+    im = photo(320, 240, seed=3)
+    data = jpeg_bytes(im, progressive=progressive)
+    whole = decode(data, PRE).pixels
+    assert np.array_equal(decode(_without_end_marker(data), PRE).pixels, whole)
+
+
+def test_jpeg_with_missing_scan_lines_stays_corrupt() -> None:
+    data = jpeg_bytes(photo(320, 240, seed=3))
+    with pytest.raises(DecodeError) as err:
+        decode(data[: len(data) // 2], PRE)
+    assert err.value.kind == "corrupt"
+
+
+@pytest.mark.parametrize("max_pixels", [None, 100_000_000])
+def test_too_large_names_the_size_the_limit_and_the_knob(max_pixels: int | None) -> None:
+    """20000x10000 is over Pillow's own bomb limit too: the message is still ours, with numbers."""
+    from dinosearch.decode import MAX_PIXELS
+
+    limit = max_pixels or MAX_PIXELS
+    with pytest.raises(DecodeError) as err:
+        decode(H.png_declaring(20000, 10000), PRE, max_pixels=limit)
+    assert err.value.kind == "too-large"
+    assert "20000x10000" in err.value.message and str(limit) in err.value.message
+    assert "--max-pixels" in err.value.message
+
+
+@pytest.mark.parametrize("data", [H.bmp_with_compression(4), H.tiff_with_compression(50001)], ids=["bmp-jpeg", "tiff-webp"])
+def test_valid_files_of_an_unsupported_variant_are_not_called_corrupt(data: bytes) -> None:
+    with pytest.raises(DecodeError) as err:
+        decode(data, PRE)
+    assert err.value.kind == "unsupported", err.value.message
+    assert "not damaged" in err.value.message and "re-export" not in err.value.message
+
+
+def test_a_limit_above_pillows_own_is_the_one_in_effect() -> None:
+    from dinosearch.decode import open_image
+
+    assert open_image(H.png_declaring(20000, 10000), max_pixels=300_000_000).size == (20000, 10000)

@@ -253,7 +253,7 @@ def test_every_file_is_indexed_recorded_or_skipped(run: Run) -> None:
 
 def test_failure_messages_say_what_to_do(run: Run) -> None:
     for f in run.failures().values():
-        assert f["error"] in {"empty", "not-an-image", "corrupt", "too-large", "unreadable", "crashed", "timeout"}
+        assert f["error"] in {"empty", "not-an-image", "unsupported", "corrupt", "too-large", "unreadable", "crashed", "timeout"}
         message = f["message"]
         assert len(message) > 20 and "Traceback" not in message
         assert any(w in message for w in ("re-export", "re-copy", "supported", "downscale", "limit", "readable")), message
@@ -643,3 +643,100 @@ def test_like_wildcards_in_folder_names_do_not_leak_into_sweeps(tmp_path: Path, 
         paths = set(ix.catalogue.known_under([str(tmp_path)]))
         assert paths == {str(mine / "keep.jpg"), str(other / "keep.jpg"), str(other / "gone.jpg")}
         assert ix.stats().vectors == 3
+
+
+# Codec output, workers that cannot start, retries, Ctrl-C --------------------------------------------------
+def test_codec_output_stays_off_the_terminal_and_enriches_the_failure(tmp_path: Path, tiny_model: str) -> None:
+    """libtiff prints to stderr for a TIFF whose codec it lacks: not on the user's terminal, in the message."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    (root / "webp.tif").write_bytes(H.tiff_with_compression(50001))
+    (root / "good.jpg").write_bytes(jpeg_bytes(photo(96, 64, seed=90)))  # so that the index is not empty
+    env = {**os.environ, "DINOSEARCH_INDEX": str(tmp_path / "index"), "DINOSEARCH_MODEL": tiny_model}
+    proc = run_cli("index", str(root), "--json", env=env, check=True)
+    assert "tempfile.tif" not in proc.stderr and "not configured" not in proc.stderr, proc.stderr
+    [failure] = json.loads(run_cli("failures", "--json", env=env, check=True).stdout)
+    assert failure["error"] == "unsupported" and "the decoder said:" in failure["message"]
+    assert "tempfile.tif" not in failure["message"]
+    # A query with it is refused in one line, quietly, before any model is loaded (a model that
+    # cannot load would otherwise be the error).
+    proc = run_cli("query", str(root / "webp.tif"), env={**env, "DINOSEARCH_MODEL": str(tmp_path / "no-model")})
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "unsupported" in proc.stderr or "cannot read" in proc.stderr
+    assert "tempfile.tif" not in proc.stderr and "cannot load model" not in proc.stderr
+
+
+SCRIPT_WITHOUT_MAIN_GUARD = """
+from dinosearch import Index
+
+with Index({index!r}, model={model!r}, workers=2) as ix:
+    print(ix.add({root!r}))
+"""
+
+
+def test_a_script_without_main_guard_is_a_run_level_error_and_blames_no_file(tmp_path: Path, tiny_model: str) -> None:
+    root = tmp_path / "photos"
+    root.mkdir()
+    (root / "good.jpg").write_bytes(jpeg_bytes(photo(96, 64, seed=7)))
+    script = tmp_path / "example.py"
+    script.write_text(SCRIPT_WITHOUT_MAIN_GUARD.format(index=str(tmp_path / "index"), model=tiny_model, root=str(root)))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0
+    assert 'if __name__ == "__main__":' in proc.stderr and "example.py" in proc.stderr
+    assert proc.stderr.count("Traceback") == 1, proc.stderr  # the script's own, none from the workers
+    from dinosearch import Index
+
+    with Index(tmp_path / "index", create=False) as ix:
+        assert ix.failures() == []
+
+
+def test_crashed_files_are_tried_once_more_then_when_the_decoders_change(
+    tmp_path: Path, tiny_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dinosearch.plan as planner
+    from dinosearch import Index
+
+    monkeypatch.setenv(FAULTS_ENV, "1")
+    root = tmp_path / "photos"
+    root.mkdir()
+    (root / "crash.jpg").write_bytes(H.fault("segfault"))
+    with Index(tmp_path / "index", model=tiny_model, workers=1) as ix:
+
+        def retried() -> bool:
+            return [f.path for f in planner.plan(ix.catalogue, [str(root)]).todo] == [str(root / "crash.jpg")]
+
+        ix.add(root)
+        [f] = ix.failures()
+        assert f.error == "crashed" and "tried once more on the next run" in f.message
+        assert retried()
+        ix.add(root)
+        [f] = ix.failures()
+        assert "failed twice" in f.message and not retried()
+        monkeypatch.setattr(planner, "decoders_tag", lambda: "Pillow 99.0, pillow-heif 99.0")
+        assert retried()
+
+
+def test_ctrl_c_prints_one_line_and_no_worker_traceback(tmp_path: Path, tiny_model: str) -> None:
+    import signal
+    import time
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    for i in range(2):
+        (root / f"p{i}.jpg").write_bytes(jpeg_bytes(photo(96, 64, seed=80 + i)))
+    (root / "stuck.jpg").write_bytes(H.fault("hang"))  # keeps the run busy until interrupted
+    env = {**os.environ, "DINOSEARCH_INDEX": str(tmp_path / "index"), "DINOSEARCH_MODEL": tiny_model, FAULTS_ENV: "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dinosearch", "index", str(root), "--workers", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(Path(f"/proc/{proc.pid}/task").glob("*/children")) or not any(
+        p.read_text().strip() for p in Path(f"/proc/{proc.pid}/task").glob("*/children")
+    ):
+        time.sleep(0.2)  # until the decode workers exist
+    time.sleep(3)  # and have started decoding
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err and "KeyboardInterrupt" not in err, err

@@ -17,7 +17,8 @@ FLOORS = {
     "python-multipart": "0.0.27",  # multipart parsing DoS
     "starlette": "1.3.1",
     "h11": "0.16",  # request smuggling
-    "torch": "2.6",  # torch.load(weights_only=True) by default: safe weights loading
+    "torch": "2.6",
+    "pillow-heif": "1.3.0",  # CVE-2025-68431, CVE-2026-28231 in its bundled libheif  # torch.load(weights_only=True) by default: safe weights loading
 }
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"

@@ -319,3 +319,44 @@ def test_serve_runs_the_backend_it_was_given(web_index: Path, tmp_path: Path) ->
     with Index(web_index, create=False, backend="onnxruntime", precision="int8") as ix:
         hits = ix.search(query, k=3)
     assert [h.id for h in hits] == [x["id"] for x in r.json()["results"]]
+
+
+def test_docs_page_loads_its_assets_from_this_server(client: httpx.Client) -> None:
+    """Offline, /docs must still work: no CDN, every script and style from this server."""
+    import re
+
+    page = client.get("/docs").text
+    assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', page)
+    assert assets and all(a.startswith("/") and not a.startswith("//") for a in assets), assets
+    for asset in assets:
+        assert client.get(asset).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "disposition",
+    ["form-data; name=\"image\"; filename*=UTF-8''caf%C3%A9.jpg", 'form-data; name="image"'],
+    ids=["rfc5987-filename", "no-filename"],
+)
+def test_an_image_part_without_a_plain_filename_is_the_image(client: httpx.Client, disposition: str) -> None:
+    data = jpeg_bytes(photo(320, 240, seed=5))
+    boundary = "dinosearchboundary"
+    body = (
+        f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: image/jpeg\r\n\r\n".encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    r = client.post("/api/search", content=body, headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 200, r.text
+    assert r.json()["results"]
+
+
+def test_an_image_sent_as_a_text_field_says_how_to_send_it(client: httpx.Client) -> None:
+    r = client.post("/api/search", files={"image": (None, "photo.jpg")})
+    assert r.status_code == 422 and "file part" in r.json()["detail"]
+
+
+def test_readme_documents_the_web_cap_on_k() -> None:
+    from dinosearch.web.settings import WebSettings
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert f"at most {WebSettings(index_dir='x').max_k}" in readme

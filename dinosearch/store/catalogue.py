@@ -66,17 +66,17 @@ class Catalogue:
                     out[path_of(key)] = Known(id_, size, mtime, h)
         return out
 
-    def failures_under(self, roots: Iterable[str]) -> dict[str, tuple[int, int, str]]:
-        """Every failed path at or below the roots -> (size, mtime_ns, error) when it failed."""
-        out: dict[str, tuple[int, int, str]] = {}
+    def failures_under(self, roots: Iterable[str]) -> dict[str, tuple[int, int, str, str]]:
+        """Every failed path at or below the roots -> (size, mtime_ns, error, message) when it failed."""
+        out: dict[str, tuple[int, int, str, str]] = {}
         with self.engine.connect() as conn:
             for root in roots:
                 lo, hi = prefix_range(root)
-                q = select(failures.c.path, failures.c.size, failures.c.mtime_ns, failures.c.error).where(
+                q = select(failures.c.path, failures.c.size, failures.c.mtime_ns, failures.c.error, failures.c.message).where(
                     ((failures.c.path >= lo) & (failures.c.path < hi)) | (failures.c.path == path_key(root))
                 )
-                for key, size, mtime, error in conn.execute(q):
-                    out[path_of(key)] = (size, mtime, error)
+                for key, size, mtime, error, message in conn.execute(q):
+                    out[path_of(key)] = (size, mtime, error, message)
         return out
 
     def vector_for_hash(self, content_hash: str) -> bytes | None:
@@ -251,15 +251,25 @@ class Catalogue:
         """Ids whose metadata has every key equal to the value (compared as text)."""
         q = select(images.c.id)
         for i, (key, value) in enumerate(where.items()):
-            jpath = '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
             q = q.where(
-                cast(func.json_extract(images.c.meta_json, bindparam(f"k{i}", jpath)), Text) == bindparam(f"v{i}", value)
+                cast(func.json_extract(images.c.meta_json, bindparam(f"k{i}", _json_path(key))), Text) == bindparam(f"v{i}", value)
             )
         with self.engine.connect() as conn:
             return np.fromiter((r[0] for r in conn.execute(q)), dtype=np.int64)
 
+    def has_metadata_key(self, key: str) -> bool:
+        """Whether any image's metadata has this key (a filter on another key can match nothing)."""
+        q = select(images.c.id).where(func.json_type(images.c.meta_json, bindparam("k", _json_path(key))).is_not(None)).limit(1)
+        with self.engine.connect() as conn:
+            return conn.execute(q).first() is not None
+
     def disk_bytes(self) -> int:
         return disk_bytes(self.dir)
+
+
+def _json_path(key: str) -> str:
+    """A metadata key as an SQLite JSON path, quoted so that any key names exactly itself."""
+    return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _bump(conn: Any) -> None:

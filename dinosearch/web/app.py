@@ -88,7 +88,7 @@ def create_app(settings: WebSettings, *, index: Index | None = None) -> FastAPI:
         title="dinosearch",
         version=__version__,
         description="Image similarity search over a local index (DINOv2 + FAISS + SQLite).",
-        docs_url="/docs",
+        docs_url=None,  # served below with Swagger UI's assets from the package, not from a CDN
         redoc_url=None,
         lifespan=_lifespan(settings, index),
     )
@@ -119,7 +119,28 @@ def create_app(settings: WebSettings, *, index: Index | None = None) -> FastAPI:
         return {"status": "ok"}
 
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    _add_docs(app)
     return app
+
+
+def _add_docs(app: FastAPI) -> None:
+    """/docs works offline: Swagger UI's script and styles come from the fastapi-offline package."""
+    import fastapi_offline
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    assets = Path(fastapi_offline.__file__).parent / "static"
+    app.mount("/docs-static", StaticFiles(directory=assets), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}/openapi.json",
+            title="dinosearch - API",
+            swagger_js_url=f"{root}/docs-static/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/docs-static/swagger-ui.css",
+            swagger_favicon_url=f"{root}/docs-static/favicon.png",
+        )
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -6,6 +6,7 @@ so nothing here blocks the event loop. Failures leave as `{"detail": "..."}` (se
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Annotated, Any
 
@@ -13,9 +14,10 @@ import anyio
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
+from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from ..decode import DecodeError
+from ..decode import DecodeError, sniff
 from ..errors import UnknownImageError
 from ..filters import FilterError, parse_where
 from ..records import FailureKind, Hit, display_path
@@ -67,6 +69,18 @@ class _InMemoryParser(MultiPartParser):
     # The whole body is already capped (guard.py), so memory is bounded by that cap.
     spool_max_size = 1 << 62
 
+    def on_headers_finished(self) -> None:
+        super().on_headers_finished()
+        part = self._current_part
+        if part.file is None and part.field_name == "image":
+            # Only `filename*=UTF-8''...` (RFC 2231/5987, as clients send non-ASCII names) or no file name
+            # at all (curl -F 'image=<photo.jpg'): Starlette sees a text field, capped at 4 KB. It is the image.
+            self._current_fields -= 1
+            self._current_files += 1
+            if self._current_files > self.max_files:
+                raise MultiPartException("send one image")
+            part.file = UploadFile(file=io.BytesIO(), size=0, filename="", headers=Headers(raw=part.item_headers))  # type: ignore[arg-type]
+
 
 SEARCH_BODY = {
     "requestBody": {
@@ -108,6 +122,8 @@ async def search(request: Request) -> Results:
         if image is None or isinstance(image, str):
             raise HTTPException(422, "image: a file field named `image` is required")
         data = await image.read()
+        if not image.filename and len(data) < 4096 and sniff(data) == "text":
+            raise HTTPException(422, "image: got a text field; send the image as a file part, e.g. curl -F image=@photo.jpg")
         k = _parse_k(form.getlist("k"), settings.max_k)
         where = _parse_where([w for w in form.getlist("where") if isinstance(w, str)])
     finally:
@@ -116,7 +132,10 @@ async def search(request: Request) -> Results:
     try:
         vector = await engine.vector_of_upload(data)
     except DecodeError as exc:
-        raise HTTPException(_decode_status(exc.kind), f"image: {exc.message}") from None
+        message = exc.message
+        if exc.kind == "too-large":  # the server's own limit is --max-megapixels, not index's knob
+            message = message.split("; ")[0] + "; downscale it (the server's limit is set by --max-megapixels)"
+        raise HTTPException(_decode_status(exc.kind), f"image: {message}") from None
     hits = await engine.read(engine.index.search_vector, vector, k=k, where=where)
     return _results(request, hits)
 
@@ -231,7 +250,7 @@ def _parse_where(items: list[str]) -> dict[str, str]:
 def _decode_status(kind: str) -> int:
     if kind == FailureKind.TOO_LARGE:
         return 413
-    if kind in (FailureKind.NOT_AN_IMAGE, FailureKind.UNSUPPORTED_FORMAT, FailureKind.EMPTY):
+    if kind in (FailureKind.NOT_AN_IMAGE, FailureKind.UNSUPPORTED_FORMAT, FailureKind.UNSUPPORTED, FailureKind.EMPTY):
         return 415
     return 422  # corrupt, truncated, crashed or timed out: an image we could not use
 
