@@ -13,7 +13,7 @@ images to query.QueryVectors, the FAISS lifecycle to store.vectorindex.VectorInd
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 
 from .embed import Embedder, l2_normalise
-from .errors import DinosearchError, IndexNotFoundError, UnknownImageError
+from .errors import DinosearchError, ImageError, IndexNotFoundError
 from .metadata import MetadataRows, read_metadata, resolve
 from .model import ModelSlot
-from .query import ImageLike, QueryVectors
+from .query import ImageLike, QueryVectors, Term, as_term
+from .refine import refined
 from .records import MAX_PIXELS, Failure, Hit, IndexReport, ModelFingerprint, Stats
 from .search import search
 from .store.catalogue import Catalogue
@@ -167,11 +168,26 @@ class Index:
         k: int = 10,
         min_score: float | None = None,
         where: Mapping[str, str] | None = None,
+        minus: Sequence[ImageLike | Term] = (),
+        within: float | None = None,
+        collapse: float | None = None,
     ) -> list[Hit]:
-        """Images like these (paths, bytes or PIL images; several: their mean). The query files
-        themselves never appear in their own results. Raises ImageError."""
-        vector, exclude = self.queries.combined(images)
-        return self.search_vector(vector, k=k, min_score=min_score, where=where, exclude_ids=exclude)
+        """Images like these and, with `minus`, unlike those.
+
+        Each image is a path, an http(s) URL, file bytes, a PIL image, an (image, weight) pair, or a
+        query.Term (an indexed id, a region: `Term(image="a.jpg", crop=Crop(0.1, 0.1, 0.5, 0.5))`).
+        The query vector is query.combine's: the weighted mean of the positives minus
+        query.NEGATIVE_WEIGHT times the weighted mean of `minus`, normalised. Indexed images named on
+        either side never appear in the results. `within`, `collapse`: see search_vector.
+        Raises ImageError, QueryError, FetchError, UnknownImageError.
+        """
+        if not images:
+            raise ImageError("no query image given")
+        query = self.queries.build([as_term(i) for i in images] + [as_term(m, negative=True) for m in minus])
+        return self.search_vector(
+            query.vector, k=k, min_score=min_score, where=where, exclude_ids=query.exclude_ids,
+            within=within, collapse=collapse,
+        )
 
     def search_vector(
         self,
@@ -181,22 +197,39 @@ class Index:
         min_score: float | None = None,
         where: Mapping[str, str] | None = None,
         exclude_ids: set[int] | frozenset[int] = frozenset(),
+        within: float | None = None,
+        collapse: float | None = None,
     ) -> list[Hit]:
-        """Nearest images to a (dim,) vector (normalised here)."""
+        """Nearest images to a (dim,) vector (normalised here).
+
+        `within` D: only hits scoring at least the best score minus D. `collapse` T: a hit within
+        cosine distance T (1 - cosine <= T) of a better-ranked one is folded into it (`Hit.folded`
+        lists the ids folded into each); k then counts what is left. Raises QueryError for a negative D or T.
+        """
         loaded = self.refresh()
         if loaded is None:
             return []
         q = l2_normalise(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
         if q.shape[0] != loaded.index.d:
             raise DinosearchError(f"the query vector has {q.shape[0]} dimensions, the index {loaded.index.d}")
-        return search(self.catalogue, loaded.index, q, k=k, min_score=min_score, exclude_ids=exclude_ids, where=where)
+        return refined(
+            lambda n: search(self.catalogue, loaded.index, q, k=n, min_score=min_score, exclude_ids=exclude_ids, where=where),
+            k=k, within_distance=within, collapse_threshold=collapse, vector_of=self.catalogue.vector_of,
+        )
 
-    def similar(self, image_id: int, *, k: int = 10, where: Mapping[str, str] | None = None) -> list[Hit]:
-        """More like an indexed image, from its stored vector; the image itself is left out."""
-        vector = self.catalogue.vector_of(int(image_id))
-        if vector is None:
-            raise UnknownImageError(f"no indexed image has id {image_id}")
-        return self.search_vector(vector, k=k, where=where, exclude_ids={int(image_id)})
+    def similar(
+        self,
+        image_id: int,
+        *,
+        k: int = 10,
+        where: Mapping[str, str] | None = None,
+        minus: Sequence[ImageLike | Term] = (),
+        within: float | None = None,
+        collapse: float | None = None,
+    ) -> list[Hit]:
+        """More like an indexed image, from its stored vector (and, with `minus`, unlike those); the
+        image itself is left out. Raises UnknownImageError."""
+        return self.search(Term(id=int(image_id)), k=k, where=where, minus=minus, within=within, collapse=collapse)
 
     def stats(self) -> Stats:
         fp = self.fingerprint

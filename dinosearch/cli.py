@@ -138,31 +138,54 @@ def index(
 
 @app.command()
 def query(
-    images: list[Path] = typer.Argument(..., help="Query image(s); several: their mean", show_default=False),
+    images: Optional[list[str]] = typer.Argument(
+        None, help="Query image(s): paths or http(s) URLs; several: their mean; W:IMAGE weighs one W times (e.g. 2:a.jpg)",
+        show_default=False,
+    ),
     index: Optional[Path] = IndexOpt,
     k: int = typer.Option(10, "-k", "--k", min=1, help="How many results"),
     min_score: Optional[float] = typer.Option(
         None, "--min-score", min=-1.0, max=1.0, help="Only results with cosine >= this (-1 to 1)"
     ),
     where: Optional[list[str]] = typer.Option(None, "--where", help="Metadata filter key=value (repeatable)"),
+    minus: Optional[list[str]] = typer.Option(
+        None, "--minus", help="An image to look unlike: path or URL, W:IMAGE to weigh it (repeatable)"
+    ),
+    ids: Optional[list[int]] = typer.Option(None, "--id", min=1, help="More like an indexed image, by id (repeatable)"),
+    minus_ids: Optional[list[int]] = typer.Option(None, "--minus-id", min=1, help="Less like an indexed image, by id (repeatable)"),
+    crop: Optional[str] = typer.Option(
+        None, "--crop", help="Search by a region of the one query image: x,y,w,h in pixels, or fractions 0-1 (after EXIF orientation)"
+    ),
+    within: Optional[float] = typer.Option(None, "--within", min=0, help="Only results scoring at least the best score minus this"),
+    collapse: Optional[float] = typer.Option(
+        None, "--collapse", min=0, max=2, help="Fold a result into a better one within this cosine distance (1 - cosine)"
+    ),
     model: Optional[str] = typer.Option(None, "--model", help="Model for images not in the index [default: the index's]"),
     device: Device = typer.Option(Device.auto, "--device", help="Where the model runs, if needed"),
     backend: Backend = BackendOpt,
     precision: Precision = PrecisionOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Print the indexed images most like IMAGE(s)."""
+    """Print the indexed images most like IMAGE(s) (and --id), and least like --minus (and --minus-id)."""
+    if not images and not ids:
+        raise typer.BadParameter("give a query IMAGE, or --id N", param_hint="IMAGE")
+    if crop is not None and len(images or []) + len(ids or []) != 1:
+        raise typer.BadParameter("--crop takes exactly one query image (or one --id)", param_hint="--crop")
 
     def go() -> None:
+        from .query import query_terms
+
         try:
             filters = parse_where(where or [])
         except FilterError as exc:
             raise DinosearchError(f"--where: {exc}") from None
+        terms = query_terms(images or [], ids=ids or [], minus=minus or [], minus_ids=minus_ids or [], crop=crop)
         with _open(index, create=False, model=model or settings.model_from_env(), device=device.value,
                    backend=backend.value, precision=precision.value) as ix:
             if ix.catalogue.count_images() == 0:
                 raise DinosearchError(f"the index at {ix.dir} holds no images; add some with `dinosearch index PATH`")
-            hits = ix.search(*images, k=k, min_score=min_score, where=filters)
+            hits = ix.search(*terms.positives, minus=terms.negatives, k=k, min_score=min_score, where=filters,
+                             within=within, collapse=collapse)
             unknown = [key for key in filters if not hits and not ix.catalogue.has_metadata_key(key)]
             if unknown:
                 raise DinosearchError(
@@ -174,7 +197,8 @@ def query(
         if not hits:
             typer.echo("no results")
         for h in hits:
-            typer.echo(f"{h.rank:>3}  {h.score:.3f}  {_safe(display_path(h.path))}{_describe(h.metadata)}")
+            folded = f"  +{len(h.folded)} near-identical" if h.folded else ""
+            typer.echo(f"{h.rank:>3}  {h.score:.3f}  {_safe(display_path(h.path))}{_describe(h.metadata)}{folded}")
 
     _run(go)
 

@@ -42,3 +42,11 @@ class ImageError(DinosearchError):
 
 class UnknownImageError(DinosearchError):
     """No indexed image has this id."""
+
+
+class QueryError(DinosearchError):
+    """A query that cannot be built as asked: a crop outside its image, weights that cancel out."""
+
+
+class FetchError(DinosearchError):
+    """A query image named by URL could not be fetched (offline, refused, too large, too slow)."""

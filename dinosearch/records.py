@@ -107,15 +107,19 @@ class Hit:
     score: float  # cosine similarity
     path: str
     metadata: dict[str, Any] | None = None
+    folded: tuple[int, ...] | None = None  # with collapsing: ids of near-identical hits folded into this one
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "rank": self.rank,
             "id": self.id,
             "score": round(self.score, 6),
             "path": display_path(self.path),
             "metadata": self.metadata,
         }
+        if self.folded is not None:
+            out["folded"] = list(self.folded)
+        return out
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,8 @@ def test_docs_and_openapi_list_the_contract(client: httpx.Client) -> None:
     assert {"/healthz", "/api/search", "/api/images/{image_id}/similar", "/api/images/{image_id}/thumbnail",
             "/api/images/{image_id}", "/api/stats"} <= set(spec["paths"])
     body = spec["paths"]["/api/search"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert set(body["properties"]) == {"image", "k", "where"} and body["required"] == ["image"]
+    assert set(body["properties"]) == {"image", "k", "where", "like", "minus", "within", "collapse"}
+    assert body["required"] == ["image"]
 
 
 def test_stats_as_the_cli_prints_them(client: httpx.Client, web_index: Path) -> None:

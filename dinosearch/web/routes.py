@@ -12,21 +12,23 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from ..api import Term
 from ..decode import DecodeError, sniff
-from ..errors import UnknownImageError
 from ..filters import FilterError, parse_where
 from ..records import FailureKind, Hit, display_path
 from . import auth
 from .engine import QueryEngine
+from .terms import MAX_QUERY_IDS, parse_crop_param, parse_refine, run_query
 from .media import Gone, Thumbnails, iter_file, open_original
 
 MAX_ID = 2**63 - 1  # SQLite's INTEGER range: anything beyond is unknown, not an overflow error
 MAX_WHERE = 16
+MAX_QUERY_IMAGES = 4  # uploads in one query ("add a photo")
 
 # Ids are decimal digits only: "1.0", "0x1", " 1" or "1\n" are not another spelling of 1.
 ImageId = Annotated[str, Path(pattern=r"^[0-9]{1,40}$", description="an indexed image id", examples=["1"])]
@@ -40,6 +42,7 @@ class Result(BaseModel):
     metadata: dict[str, Any] | None
     thumbnail_url: str
     image_url: str
+    folded: list[int] | None = None  # only with `collapse`: ids of near-identical results folded into this one
 
 
 class Results(BaseModel):
@@ -91,7 +94,14 @@ SEARCH_BODY = {
                     "type": "object",
                     "required": ["image"],
                     "properties": {
-                        "image": {"type": "string", "format": "binary", "description": "the query image file"},
+                        "image": {
+                            "type": "array", "items": {"type": "string", "format": "binary"},
+                            "description": f"the query image file (repeatable, at most {MAX_QUERY_IMAGES}: their mean)",
+                        },
+                        "like": {"type": "array", "items": {"type": "integer"}, "description": "indexed image ids to look like too (repeatable)"},
+                        "minus": {"type": "array", "items": {"type": "integer"}, "description": "indexed image ids to look unlike (repeatable)"},
+                        "within": {"type": "number", "description": "only results scoring at least the best score minus this"},
+                        "collapse": {"type": "number", "description": "fold results within this cosine distance of a better one"},
                         "k": {"type": "integer", "default": 10, "minimum": 1, "description": "how many results"},
                         "where": {
                             "type": "array",
@@ -107,37 +117,47 @@ SEARCH_BODY = {
 
 
 @api.post("/search", response_model=Results, openapi_extra=SEARCH_BODY, summary="Images like an uploaded one")
-async def search(request: Request) -> Results:
+async def search(request: Request) -> Any:
     settings = request.app.state.settings
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         raise HTTPException(415, "send the image as multipart/form-data in a field named `image`")
-    parser = _InMemoryParser(request.headers, request.stream(), max_files=1, max_fields=2 * MAX_WHERE, max_part_size=4096)
+    parser = _InMemoryParser(
+        request.headers, request.stream(), max_files=MAX_QUERY_IMAGES,
+        max_fields=2 * MAX_WHERE + 2 * MAX_QUERY_IDS + 4, max_part_size=4096,
+    )
     try:
         form = await parser.parse()
     except MultiPartException as exc:
         raise HTTPException(422, f"malformed multipart body: {exc.message}") from None
     try:
-        image = form.get("image")
-        if image is None or isinstance(image, str):
+        images = form.getlist("image")
+        if not images or any(isinstance(image, str) for image in images):
             raise HTTPException(422, "image: a file field named `image` is required")
-        data = await image.read()
-        if not image.filename and len(data) < 4096 and sniff(data) == "text":
-            raise HTTPException(422, "image: got a text field; send the image as a file part, e.g. curl -F image=@photo.jpg")
+        datas = [await image.read() for image in images]  # type: ignore[union-attr]
+        for image, data in zip(images, datas):
+            if not image.filename and len(data) < 4096 and sniff(data) == "text":  # type: ignore[union-attr]
+                raise HTTPException(422, "image: got a text field; send the image as a file part, e.g. curl -F image=@photo.jpg")
         k = _parse_k(form.getlist("k"), settings.max_k)
         where = _parse_where([w for w in form.getlist("where") if isinstance(w, str)])
+        fields = {name: [v for v in form.getlist(name) if isinstance(v, str)] for name in ("like", "minus", "within", "collapse")}
     finally:
         await form.close()
+    refine = parse_refine(fields)
     engine = _engine(request)
-    try:
-        vector = await engine.vector_of_upload(data)
-    except DecodeError as exc:
-        message = exc.message
-        if exc.kind == "too-large":  # the server's own limit is --max-megapixels, not index's knob
-            message = message.split("; ")[0] + "; downscale it (the server's limit is set by --max-megapixels)"
-        raise HTTPException(_decode_status(exc.kind), f"image: {message}") from None
-    hits = await engine.read(engine.index.search_vector, vector, k=k, where=where)
-    return _results(request, hits)
+    vectors = []
+    for n, data in enumerate(datas):
+        try:
+            vectors.append(await engine.vector_of_upload(data))
+        except DecodeError as exc:
+            name = "image" if len(datas) == 1 else f"image {n + 1}"
+            message = exc.message
+            if exc.kind == FailureKind.TOO_LARGE:  # the server's own limit is --max-megapixels, not index's knob
+                message = message.split("; ")[0] + "; downscale it (the server's limit is set by --max-megapixels)"
+            raise HTTPException(_decode_status(exc.kind), f"{name}: {message}") from None
+    terms = [Term(vector=v) for v in vectors] + [Term(id=i) for i in refine.like]
+    hits = await run_query(engine, terms, refine, k=k, where=where)
+    return _results(request, hits, collapsed=refine.collapse is not None)
 
 
 @api.get("/images/{image_id}/similar", response_model=Results, summary="More like an indexed image")
@@ -146,17 +166,26 @@ async def similar(
     image_id: ImageId,
     k: Annotated[int, Query(ge=1, description="how many results")] = 10,
     where: Annotated[list[str] | None, Query(description="metadata filter key=value (repeatable)")] = None,
-) -> Results:
+    like: Annotated[list[str] | None, Query(description="other indexed image ids to look like too (repeatable)")] = None,
+    minus: Annotated[list[str] | None, Query(description="indexed image ids to look unlike (repeatable)")] = None,
+    crop: Annotated[str | None, Query(description="search by a region: x,y,w,h as fractions 0-1 (or pixels) of the upright image")] = None,
+    within: Annotated[str | None, Query(description="only results scoring at least the best score minus this")] = None,
+    collapse: Annotated[str | None, Query(description="fold results within this cosine distance (1 - cosine) of a better one")] = None,
+) -> Any:
     if k > request.app.state.settings.max_k:
         raise HTTPException(422, f"k: at most {request.app.state.settings.max_k}")
     filters = _parse_where(where or [])
     wanted = _id(image_id)
+    refine = parse_refine(
+        {"like": like or [], "minus": minus or [], "within": [within] if within else [], "collapse": [collapse] if collapse else []}
+    )
+    box = parse_crop_param(crop)
     engine = _engine(request)
-    try:
-        hits = await engine.read(engine.index.similar, wanted, k=k, where=filters)
-    except UnknownImageError:
-        raise HTTPException(404, f"no indexed image has id {wanted}") from None
-    return _results(request, hits)
+    if await engine.read(engine.index.file_of, wanted) is None:
+        raise HTTPException(404, f"no indexed image has id {wanted}")
+    terms = [Term(id=wanted, crop=box)] + [Term(id=i) for i in refine.like]
+    hits = await run_query(engine, terms, refine, k=k, where=filters)
+    return _results(request, hits, collapsed=refine.collapse is not None)
 
 
 @api.get("/stats", response_model=StatsOut, summary="What the index holds (as `dinosearch stats --json`)")
@@ -255,7 +284,7 @@ def _decode_status(kind: str) -> int:
     return 422  # corrupt, truncated, crashed or timed out: an image we could not use
 
 
-def _results(request: Request, hits: list[Hit]) -> Results:
+def _results(request: Request, hits: list[Hit], *, collapsed: bool = False) -> Any:
     key = request.app.state.settings.api_key
     root = request.scope.get("root_path", "").rstrip("/")
 
@@ -263,7 +292,7 @@ def _results(request: Request, hits: list[Hit]) -> Results:
         base = f"{root}/api/images/{image_id}{suffix}"
         return f"{base}?token={auth.sign(key, kind, image_id)}" if key else base
 
-    return Results(
+    results = Results(
         results=[
             Result(
                 rank=h.rank,
@@ -273,10 +302,13 @@ def _results(request: Request, hits: list[Hit]) -> Results:
                 metadata=h.metadata,
                 thumbnail_url=url("thumbnail", h.id, "/thumbnail"),
                 image_url=url("image", h.id, ""),
+                folded=list(h.folded) if h.folded is not None else None,
             )
             for h in hits
         ]
     )
+    # `folded` only when collapsing was asked for: otherwise the results keep their usual fields.
+    return results if collapsed else JSONResponse(results.model_dump(exclude={"results": {"__all__": {"folded"}}}))
 
 
 def _public_model_name(model: str | None) -> str | None:
@@ -286,4 +318,5 @@ def _public_model_name(model: str | None) -> str | None:
     if os.path.isabs(model) or model.startswith(("~", ".")) or os.path.isdir(model):
         return os.path.basename(model.rstrip("/\\")) or "local model"
     return model
+
 

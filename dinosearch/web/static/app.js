@@ -9,11 +9,16 @@
     query: $("query"), queryImg: $("query-img"), queryLabel: $("query-label"),
     filterForm: $("filter-form"), filterInput: $("filter-input"), filterList: $("filter-list"),
     keyForm: $("key-form"), keyInput: $("key-input"),
+    spinner: $("spinner"), addFile: $("add-file"), box: $("box"), frame: $("query-frame"),
+    clearBox: $("clear-box"), minusList: $("minus-list"),
   };
+  const MAX_FILES = 4;       // as the server's MAX_QUERY_IMAGES
   const maxBytes = Number(document.body.dataset.maxBytes) || 20 * 1024 * 1024;
   const SHOWN = new Set(["title", "name", "price", "link", "url"]); // rendered as text, not as filter values
   let filters = [];          // [[key, value], ...]
-  let lastQuery = null;      // {kind: "file", file} | {kind: "similar", id, label, thumb}
+  // {kind: "file", files: [File], like: [id], minus: [id], crop} | {kind: "similar", id, label, thumb, minus, crop}
+  // crop: {x, y, w, h} as fractions of the query image as shown, or null
+  let lastQuery = null;
   let queryUrl = null;       // object URL of the uploaded query, revoked when replaced
   let generation = 0;        // answers to superseded requests are dropped
   let retry = null;          // what to run again once an API key is given
@@ -56,35 +61,137 @@
     return params;
   }
 
-  async function run(query) {
+  function cropText(c) {
+    return [c.x, c.y, c.w, c.h].map((v) => Math.min(1, Math.max(0, v)).toFixed(4)).join(",");
+  }
+
+  // The part of an uploaded photo inside the box, as a PNG: the server embeds it as an image of its own.
+  async function cropFile(file, c) {
+    const bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
+    const x = Math.round(c.x * bitmap.width), y = Math.round(c.y * bitmap.height);
+    const w = Math.max(1, Math.round(c.w * bitmap.width)), h = Math.max(1, Math.round(c.h * bitmap.height));
+    const canvas = document.createElement("canvas");
+    canvas.width = w; canvas.height = h;
+    canvas.getContext("2d").drawImage(bitmap, x, y, w, h, 0, 0, w, h);
+    bitmap.close();
+    return await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+  }
+
+  async function request(query) {
+    if (query.kind === "file") {
+      const form = new FormData();
+      for (const [i, file] of query.files.entries()) {
+        const part = (i === 0 && query.crop) ? await cropFile(file, query.crop) : file;
+        form.append("image", part, (i === 0 && query.crop) ? "region.png" : (file.name || "pasted-image"));
+      }
+      for (const id of query.like || []) form.append("like", String(id));
+      for (const id of query.minus || []) form.append("minus", String(id));
+      form.append("k", els.k.value);
+      filterParams(form);
+      return api("api/search", { method: "POST", body: form });
+    }
+    return api("api/images/" + encodeURIComponent(query.id) + "/similar?" + queryParams(query).toString());
+  }
+
+  function queryParams(query) {
+    const params = filterParams(new URLSearchParams({ k: els.k.value }));
+    for (const id of query.minus || []) params.append("minus", String(id));
+    if (query.crop) params.set("crop", cropText(query.crop));
+    return params;
+  }
+
+  function busy(on) {
+    els.spinner.hidden = !on;
+    if (on) els.results.setAttribute("aria-busy", "true"); else els.results.removeAttribute("aria-busy");
+  }
+
+  async function run(query, fromHistory) {
     lastQuery = query;
     const mine = ++generation;
+    if (!fromHistory) remember(query);
     showQuery(query);
     setStatus("Searching…");
-    els.results.setAttribute("aria-busy", "true");
+    busy(true);
     try {
-      let body;
-      if (query.kind === "file") {
-        const form = new FormData();
-        form.append("image", query.file, query.file.name || "pasted-image");
-        form.append("k", els.k.value);
-        filterParams(form);
-        body = await api("api/search", { method: "POST", body: form });
-      } else {
-        const params = filterParams(new URLSearchParams({ k: els.k.value }));
-        body = await api("api/images/" + encodeURIComponent(query.id) + "/similar?" + params.toString());
-      }
+      const body = await request(query);
       if (mine !== generation) return;
       render(body.results || []);
       const n = (body.results || []).length;
       setStatus(n ? n + (n === 1 ? " result" : " results") : "No results" + (filters.length ? " with these filters." : "."));
+      if (n) bringIntoView();
     } catch (err) {
       if (mine !== generation) return;
-      if (err.status === 401) { needKey(() => run(query)); return; }
+      if (err.status === 401) { needKey(() => run(query, true)); return; }
+      // Nothing of the failed search stays on screen: no old results, no broken query image.
+      els.results.replaceChildren();
+      if (query.kind === "file") { els.query.hidden = true; els.queryImg.removeAttribute("src"); shownFile = null; }
       setStatus(err.message, true);
     } finally {
-      if (mine === generation) els.results.removeAttribute("aria-busy");
+      if (mine === generation) busy(false);
     }
+  }
+
+  // The query and its first results on screen together, on a laptop as on a phone.
+  function bringIntoView() {
+    const target = els.query.hidden ? els.results : els.query;
+    target.scrollIntoView({ block: "start", behavior: "smooth" });
+  }
+
+  // History: every search is a step Back returns to. Searches by indexed ids (with their filters,
+  // negatives and box) are in the URL, so they can be shared; uploads stay in this tab's memory only.
+  const uploads = [];
+  function remember(query) {
+    let url = location.pathname;
+    const state = { kind: query.kind, filters: filters, k: els.k.value };
+    if (query.kind === "similar") {
+      const params = queryParams(query);
+      params.set("id", String(query.id));
+      url += "?" + params.toString();
+      Object.assign(state, { id: query.id, label: query.label, thumb: query.thumb, minus: query.minus || [], crop: query.crop || null });
+    } else {
+      uploads.push(query);
+      state.upload = uploads.length - 1;
+    }
+    history.pushState(state, "", url);
+  }
+
+  function restore(state) {
+    if (!state) return false;
+    filters = state.filters || [];
+    renderFilters();
+    if (state.k) els.k.value = state.k;
+    if (state.kind === "similar") {
+      run({ kind: "similar", id: state.id, label: state.label, thumb: state.thumb, minus: state.minus || [], crop: state.crop }, true);
+      return true;
+    }
+    if (state.upload !== undefined && uploads[state.upload]) { run(uploads[state.upload], true); return true; }
+    return false;
+  }
+
+  window.addEventListener("popstate", (e) => {
+    if (!restore(e.state)) {
+      lastQuery = null;
+      ++generation;
+      els.results.replaceChildren();
+      els.query.hidden = true;
+      setStatus("");
+    }
+  });
+
+  function fromUrl() {
+    const params = new URLSearchParams(location.search);
+    const id = params.get("id");
+    if (!id || !/^[0-9]+$/.test(id)) return;
+    const crop = (params.get("crop") || "").split(",").map(Number);
+    const state = {
+      kind: "similar", id: id, label: "image " + id, thumb: "api/images/" + id + "/thumbnail",
+      minus: params.getAll("minus").filter((m) => /^[0-9]+$/.test(m)),
+      crop: crop.length === 4 && crop.every((v) => v >= 0 && v <= 1) ? { x: crop[0], y: crop[1], w: crop[2], h: crop[3] } : null,
+      filters: params.getAll("where").map((w) => [w.slice(0, w.indexOf("=")), w.slice(w.indexOf("=") + 1)]).filter(([key]) => key),
+      k: params.get("k"),
+    };
+    history.replaceState(state, "", location.pathname + location.search);
+    restore(state);
   }
 
   function searchFile(file) {
@@ -93,20 +200,60 @@
       setStatus("That file is over the " + Math.round(maxBytes / 1048576) + " MB limit.", true);
       return;
     }
-    run({ kind: "file", file: file });
+    run({ kind: "file", files: [file], like: [], minus: [], crop: null });
+  }
+
+  // "Add a photo": one more image in the query (their mean), up to MAX_FILES.
+  function addFile(file) {
+    if (!file || !lastQuery) return;
+    if (file.size > maxBytes) { setStatus("That file is over the " + Math.round(maxBytes / 1048576) + " MB limit.", true); return; }
+    const q = lastQuery;
+    if (q.kind === "file") {
+      if (q.files.length >= MAX_FILES) { setStatus("A query holds at most " + MAX_FILES + " photos.", true); return; }
+      run(Object.assign({}, q, { files: q.files.concat([file]) }));
+    } else {
+      run({ kind: "file", files: [file], like: [q.id], minus: q.minus || [], crop: null, label: q.label });
+    }
   }
 
   function showQuery(query) {
     els.query.hidden = false;
     if (query.kind === "file") {
-      if (queryUrl) URL.revokeObjectURL(queryUrl);
-      queryUrl = URL.createObjectURL(query.file); // shown from memory: the upload is not kept anywhere
-      els.queryImg.src = queryUrl;
-      els.queryLabel.textContent = query.file.name || "Pasted image";
+      const first = query.files[0];
+      if (!els.queryImg.dataset.file || shownFile !== first) {
+        if (queryUrl) URL.revokeObjectURL(queryUrl);
+        queryUrl = URL.createObjectURL(first); // shown from memory: the upload is not kept anywhere
+        els.queryImg.src = queryUrl;
+        els.queryImg.dataset.file = "1";
+        shownFile = first;
+      }
+      const names = query.files.map((f) => f.name || "Pasted image");
+      let label = names.join(" + ");
+      if ((query.like || []).length) label = (query.label || "image " + query.like[0]) + " + " + label;
+      els.queryLabel.textContent = label;
     } else {
-      els.queryImg.src = query.thumb;
+      delete els.queryImg.dataset.file;
+      shownFile = null;
+      if (els.queryImg.getAttribute("src") !== query.thumb) els.queryImg.src = query.thumb;
       els.queryLabel.textContent = "More like: " + query.label;
     }
+    showBox(query.crop);
+    renderMinus(query);
+  }
+  let shownFile = null;
+
+  function renderMinus(query) {
+    const minus = query.minus || [];
+    els.minusList.replaceChildren(...minus.map((id) => {
+      const li = el("li", "chip");
+      li.append(el("span", "", "less like image " + id));
+      const x = el("button", "chip-remove", "×");
+      x.type = "button";
+      x.setAttribute("aria-label", "Stop avoiding image " + id);
+      x.addEventListener("click", () => run(Object.assign({}, query, { minus: minus.filter((m) => m !== id) })));
+      li.append(x);
+      return li;
+    }));
   }
 
   // Results --------------------------------------------------------------------------------------
@@ -149,12 +296,15 @@
     img.loading = "lazy";
     img.decoding = "async";
     more.append(img, el("span", "more-hint", "More like this"));
-    more.addEventListener("click", () => run({ kind: "similar", id: r.id, label: title, thumb: r.thumbnail_url }));
+    more.addEventListener("click", () => run({ kind: "similar", id: r.id, label: title, thumb: r.thumbnail_url, minus: [], crop: null }));
     li.append(more);
 
     const info = el("div", "info");
     const head = el("div", "head");
-    head.append(el("span", "score", r.score.toFixed(3)));
+    const score = el("span", "score", "similarity " + r.score.toFixed(3));
+    score.title = "cosine similarity to the query: 1 is identical";
+    head.append(score);
+    if (r.folded && r.folded.length) head.append(el("span", "folded", "+" + r.folded.length + " near-identical"));
     if (m.price !== undefined && m.price !== null && m.price !== "") head.append(el("span", "price", String(m.price)));
     info.append(head);
 
@@ -183,6 +333,15 @@
       }
       info.append(list);
     }
+    const less = el("button", "less", "Less like this");
+    less.type = "button";
+    less.setAttribute("aria-label", "Less like this: " + title);
+    less.addEventListener("click", () => {
+      if (!lastQuery) return;
+      const minus = (lastQuery.minus || []).filter((m) => String(m) !== String(r.id)).concat([r.id]);
+      run(Object.assign({}, lastQuery, { minus: minus }));
+    });
+    info.append(less);
     li.append(info);
     return li;
   }
@@ -282,5 +441,80 @@
     }
   }
 
+  els.addFile.addEventListener("change", () => {
+    addFile(els.addFile.files[0]);
+    els.addFile.value = "";
+  });
+
+  // Region: draw a box on the query image (mouse, touch or pen), or with the keyboard (arrows move it,
+  // Shift+arrows resize it, Enter searches, Escape clears); the search then runs on the box alone.
+  let box = null;      // {x, y, w, h} fractions while drawing / shown
+  let drag = null;
+
+  function showBox(c) {
+    box = c ? Object.assign({}, c) : null;
+    els.box.hidden = !box;
+    els.clearBox.hidden = !box;
+    if (!box) return;
+    const img = els.queryImg, frame = els.frame.getBoundingClientRect(), r = img.getBoundingClientRect();
+    els.box.style.left = (r.left - frame.left + box.x * r.width) + "px";
+    els.box.style.top = (r.top - frame.top + box.y * r.height) + "px";
+    els.box.style.width = (box.w * r.width) + "px";
+    els.box.style.height = (box.h * r.height) + "px";
+  }
+
+  function at(e) {
+    const r = els.queryImg.getBoundingClientRect();
+    return { x: Math.min(1, Math.max(0, (e.clientX - r.left) / r.width)), y: Math.min(1, Math.max(0, (e.clientY - r.top) / r.height)) };
+  }
+
+  function searchBox() {
+    if (!lastQuery || !box || box.w < 0.02 || box.h < 0.02) { showBox(lastQuery && lastQuery.crop); return; }
+    run(Object.assign({}, lastQuery, { crop: box }));
+  }
+
+  els.frame.addEventListener("pointerdown", (e) => {
+    if (!lastQuery || e.button > 0) return;
+    e.preventDefault();
+    els.frame.setPointerCapture(e.pointerId);
+    drag = at(e);
+    showBox({ x: drag.x, y: drag.y, w: 0, h: 0 });
+  });
+  els.frame.addEventListener("pointermove", (e) => {
+    if (!drag) return;
+    const p = at(e);
+    showBox({ x: Math.min(p.x, drag.x), y: Math.min(p.y, drag.y), w: Math.abs(p.x - drag.x), h: Math.abs(p.y - drag.y) });
+  });
+  els.frame.addEventListener("pointerup", () => {
+    if (!drag) return;
+    drag = null;
+    searchBox();
+  });
+  els.frame.addEventListener("pointercancel", () => { drag = null; showBox(lastQuery && lastQuery.crop); });
+  els.frame.addEventListener("keydown", (e) => {
+    if (!lastQuery) return;
+    const step = 0.05;
+    const moves = { ArrowLeft: [-step, 0], ArrowRight: [step, 0], ArrowUp: [0, -step], ArrowDown: [0, step] };
+    if (moves[e.key]) {
+      e.preventDefault();
+      const b = box || { x: 0.25, y: 0.25, w: 0.5, h: 0.5 };
+      const [dx, dy] = moves[e.key];
+      const next = e.shiftKey
+        ? { x: b.x, y: b.y, w: Math.min(1 - b.x, Math.max(0.05, b.w + dx)), h: Math.min(1 - b.y, Math.max(0.05, b.h + dy)) }
+        : { x: Math.min(1 - b.w, Math.max(0, b.x + dx)), y: Math.min(1 - b.h, Math.max(0, b.y + dy)), w: b.w, h: b.h };
+      showBox(next);
+    } else if (e.key === "Enter" && box) {
+      e.preventDefault();
+      searchBox();
+    } else if (e.key === "Escape" && lastQuery.crop) {
+      e.preventDefault();
+      run(Object.assign({}, lastQuery, { crop: null }));
+    }
+  });
+  els.clearBox.addEventListener("click", () => { if (lastQuery) run(Object.assign({}, lastQuery, { crop: null })); });
+  window.addEventListener("resize", () => showBox(box));
+  els.queryImg.addEventListener("load", () => showBox(box));
+
   loadStats();
+  fromUrl();
 })();
