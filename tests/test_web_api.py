@@ -357,7 +357,7 @@ def test_an_image_sent_as_a_text_field_says_how_to_send_it(client: httpx.Client)
 
 
 def test_readme_documents_the_web_cap_on_k() -> None:
-    from dinosearch.web.settings import WebSettings
+    from dinosearch.settings import WebSettings
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert f"at most {WebSettings(index_dir='x').max_k}" in readme
