@@ -28,9 +28,9 @@ from .query import ImageLike, QueryVectors
 from .records import MAX_PIXELS, Failure, Hit, IndexReport, ModelFingerprint, Stats
 from .search import search
 from .store.catalogue import Catalogue
-from .store.layout import DB_NAME, GENERATION_KEY, recorded_type
+from .store.layout import DB_NAME, GENERATION_KEY, index_fields
 from .store.lock import WriterLock
-from .store.vectorindex import LoadedVectors, VectorIndex
+from .store.vectorindex import Changes, LoadedVectors, VectorIndex, validate_index_type
 
 # decode (Pillow) and index (the pipeline) are imported where used: `stats` and queries by indexed
 # files start faster without them.
@@ -55,6 +55,8 @@ class Index:
         workers: int | None = None,
         embedder: Embedder | None = None,
         create: bool = True,
+        index_type: str | None = None,
+        index_memory_mb: float | None = None,
     ):
         self.dir = Path(directory).expanduser()
         if not create and not (self.dir / DB_NAME).exists():
@@ -67,6 +69,10 @@ class Index:
         self.queries = QueryVectors(self.catalogue, self.model)
         self.vectors = VectorIndex(self.catalogue)
         self._batch_size, self._workers = batch_size, workers
+        # The vector index kind asked for ("auto", "flat" or a FAISS factory string; None: as recorded)
+        # and the memory budget for it; applied by the next `add`.
+        self._index_type = index_type
+        self._index_budget = int(index_memory_mb * 2**20) if index_memory_mb else None
 
     # model --------------------------------------------------------------------------------------
     @property
@@ -103,6 +109,10 @@ class Index:
         with WriterLock(self.dir):
             made_with = self.fingerprint
             self.model.check_before_write()
+            if self._index_type not in (None, "auto", "flat") and made_with is not None:
+                validate_index_type(self._index_type, made_with.dim)  # a bad --index-type fails before any work
+            base_version = self.catalogue.version()
+            changes: list[Changes] = []
             report, changed = indexer.run(
                 self.catalogue,
                 [os.fspath(p) for p in paths],
@@ -113,12 +123,15 @@ class Index:
                 max_pixels=max_pixels,
                 follow_symlinks=follow_symlinks,
                 progress=progress,
+                on_changes=lambda upserted, removed: changes.append(Changes(base_version, upserted, removed)),
             )
             if rows is not None:
                 report = self._attach_metadata(rows, [os.path.abspath(os.fspath(p)) for p in paths], report)
             fp = self.fingerprint
             if fp is not None:
-                self.vectors.sync(fp.dim, force=changed)
+                notes = self.vectors.sync(fp.dim, force=changed, changes=changes[0] if changes else None,
+                                          requested=self._index_type, budget=self._index_budget)
+                report = replace(report, warnings=report.warnings + tuple(notes))
         return self.model.warn_mixed_precision(report, made_with)
 
     def _attach_metadata(self, rows: MetadataRows, roots: list[str], report: IndexReport) -> IndexReport:
@@ -166,11 +179,16 @@ class Index:
         k: int = 10,
         min_score: float | None = None,
         where: Mapping[str, str] | None = None,
+        exact: bool = False,
+        nprobe: int | None = None,
     ) -> list[Hit]:
         """Images like these (paths, bytes or PIL images; several: their mean). The query files
-        themselves never appear in their own results. Raises ImageError."""
+        themselves never appear in their own results. `exact`: search every stored vector exactly
+        (slow on a large index); `nprobe`: lists an IVF index searches (more: higher recall, slower).
+        Raises ImageError."""
         vector, exclude = self.queries.combined(images)
-        return self.search_vector(vector, k=k, min_score=min_score, where=where, exclude_ids=exclude)
+        return self.search_vector(vector, k=k, min_score=min_score, where=where, exclude_ids=exclude,
+                                  exact=exact, nprobe=nprobe)
 
     def search_vector(
         self,
@@ -180,38 +198,44 @@ class Index:
         min_score: float | None = None,
         where: Mapping[str, str] | None = None,
         exclude_ids: set[int] | frozenset[int] = frozenset(),
+        exact: bool = False,
+        nprobe: int | None = None,
     ) -> list[Hit]:
-        """Nearest images to a (dim,) vector (normalised here)."""
+        """Nearest images to a (dim,) vector (normalised here); `exact` and `nprobe` as for `search`."""
         loaded = self.refresh()
         if loaded is None:
             return []
         q = l2_normalise(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
         if q.shape[0] != loaded.index.d:
             raise DinosearchError(f"the query vector has {q.shape[0]} dimensions, the index {loaded.index.d}")
-        return search(self.catalogue, loaded.index, q, k=k, min_score=min_score, exclude_ids=exclude_ids, where=where)
+        return search(self.catalogue, loaded, q, k=k, min_score=min_score, exclude_ids=exclude_ids, where=where,
+                      exact=exact, nprobe=nprobe)
 
-    def similar(self, image_id: int, *, k: int = 10, where: Mapping[str, str] | None = None) -> list[Hit]:
+    def similar(self, image_id: int, *, k: int = 10, where: Mapping[str, str] | None = None,
+                exact: bool = False, nprobe: int | None = None) -> list[Hit]:
         """More like an indexed image, from its stored vector; the image itself is left out."""
         vector = self.catalogue.vector_of(int(image_id))
         if vector is None:
             raise UnknownImageError(f"no indexed image has id {image_id}")
-        return self.search_vector(vector, k=k, where=where, exclude_ids={int(image_id)})
+        return self.search_vector(vector, k=k, where=where, exclude_ids={int(image_id)}, exact=exact, nprobe=nprobe)
 
-    def stats(self) -> Stats:
+    def stats(self, *, measure_recall: bool = False) -> Stats:
+        """What the index holds. `measure_recall`: measure recall@10 now, on a fresh sample of the
+        collection's own vectors against exact search (else the figure recorded when it was tuned)."""
         fp = self.fingerprint
         vectors = 0
+        measured = None
         if fp is not None:
-            current = self.vectors.count_if_current(fp.dim)
+            current = None if measure_recall else self.vectors.count_if_current(fp.dim)
             vectors = current if current is not None else self.vectors.refresh(fp.dim).count
-        return Stats(
-            images=self.catalogue.count_images(),
-            vectors=vectors,
-            failed=self.catalogue.count_failures(),
-            model=fp.model if fp else None,
-            dim=fp.dim if fp else None,
-            index_type=recorded_type(self.catalogue.get_setting(GENERATION_KEY) or {}),
-            bytes=self.catalogue.disk_bytes(),
-        )
+            if measure_recall:
+                measured = self.vectors.measure_recall(fp.dim)
+        state = self.catalogue.get_setting(GENERATION_KEY) or {}
+        fields = index_fields(state)
+        if measured is not None:
+            fields["recall"] = round(measured, 4)
+        return Stats(images=self.catalogue.count_images(), vectors=vectors, failed=self.catalogue.count_failures(),
+                     model=fp.model if fp else None, dim=fp.dim if fp else None, bytes=self.catalogue.disk_bytes(), **fields)
 
     def failures(self) -> list[Failure]:
         return self.catalogue.list_failures()
