@@ -1,6 +1,7 @@
 # make demo  - set up and run dinosearch on the sample catalogue in data/
 # make test  - set up and run the test suite (no network needed)
 # make bench - indexing, start-up and serving benchmarks (a benchmark, not a test)
+# make bench-scale - the vector index at 1M synthetic rows (SCALE_ARGS="--n 100000" for less)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -9,7 +10,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench serve clean
+.PHONY: install demo test bench bench-scale serve clean
 
 install: $(STAMP)
 
@@ -29,6 +30,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.bench $(BENCH_ARGS)
 	$(BIN)/python -m tests.bench.load --shape vit-s14 --rate 4 --seconds 20 --burst 48 --queue-size 8
+
+bench-scale: $(STAMP)
+	$(BIN)/python -m tests.bench.scale_bench $(SCALE_ARGS)
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache build *.egg-info

@@ -29,9 +29,9 @@ from .refine import refined
 from .records import MAX_PIXELS, Failure, Hit, IndexReport, ModelFingerprint, Stats
 from .search import search
 from .store.catalogue import Catalogue
-from .store.layout import DB_NAME, GENERATION_KEY, recorded_type
+from .store.layout import DB_NAME, GENERATION_KEY, index_fields
 from .store.lock import WriterLock
-from .store.vectorindex import LoadedVectors, VectorIndex
+from .store.vectorindex import Changes, LoadedVectors, VectorIndex, validate_index_type
 
 # decode (Pillow) and index (the pipeline) are imported where used: `stats` and queries by indexed
 # files start faster without them.
@@ -56,6 +56,8 @@ class Index:
         workers: int | None = None,
         embedder: Embedder | None = None,
         create: bool = True,
+        index_type: str | None = None,
+        index_memory_mb: float | None = None,
     ):
         self.dir = Path(directory).expanduser()
         if not create and not (self.dir / DB_NAME).exists():
@@ -68,6 +70,10 @@ class Index:
         self.queries = QueryVectors(self.catalogue, self.model)
         self.vectors = VectorIndex(self.catalogue)
         self._batch_size, self._workers = batch_size, workers
+        # The vector index kind asked for ("auto", "flat" or a FAISS factory string; None: as recorded)
+        # and the memory budget for it; applied by the next `add`.
+        self._index_type = index_type
+        self._index_budget = int(index_memory_mb * 2**20) if index_memory_mb else None
 
     # model --------------------------------------------------------------------------------------
     @property
@@ -105,6 +111,10 @@ class Index:
         with WriterLock(self.dir):
             made_with = self.fingerprint
             self.model.check_before_write()
+            if self._index_type not in (None, "auto", "flat") and made_with is not None:
+                validate_index_type(self._index_type, made_with.dim)  # a bad --index-type fails before any work
+            base_version = self.catalogue.version()
+            changes: list[Changes] = []
             report, changed = indexer.run(
                 self.catalogue,
                 [os.fspath(p) for p in paths],
@@ -115,12 +125,15 @@ class Index:
                 max_pixels=max_pixels,
                 follow_symlinks=follow_symlinks,
                 progress=progress,
+                on_changes=lambda upserted, removed: changes.append(Changes(base_version, upserted, removed)),
             )
             if rows is not None:
                 report = self._attach_metadata(rows, [os.path.abspath(os.fspath(p)) for p in paths], report)
             fp = self.fingerprint
             if fp is not None:
-                self.vectors.sync(fp.dim, force=changed)
+                notes = self.vectors.sync(fp.dim, force=changed, changes=changes[0] if changes else None,
+                                          requested=self._index_type, budget=self._index_budget)
+                report = replace(report, warnings=report.warnings + tuple(notes))
         return self.model.warn_mixed_precision(report, made_with)
 
     def _attach_metadata(self, rows: MetadataRows, roots: list[str], report: IndexReport) -> IndexReport:
@@ -171,6 +184,8 @@ class Index:
         minus: Sequence[ImageLike | Term] = (),
         within: float | None = None,
         collapse: float | None = None,
+        exact: bool = False,
+        nprobe: int | None = None,
     ) -> list[Hit]:
         """Images like these and, with `minus`, unlike those.
 
@@ -178,15 +193,15 @@ class Index:
         query.Term (an indexed id, a region: `Term(image="a.jpg", crop=Crop(0.1, 0.1, 0.5, 0.5))`).
         The query vector is query.combine's: the weighted mean of the positives minus
         query.NEGATIVE_WEIGHT times the weighted mean of `minus`, normalised. Indexed images named on
-        either side never appear in the results. `within`, `collapse`: see search_vector.
-        Raises ImageError, QueryError, FetchError, UnknownImageError.
+        either side never appear in the results. `within`, `collapse`, `exact`, `nprobe`: see
+        search_vector. Raises ImageError, QueryError, FetchError, UnknownImageError.
         """
         if not images:
             raise ImageError("no query image given")
         query = self.queries.build([as_term(i) for i in images] + [as_term(m, negative=True) for m in minus])
         return self.search_vector(
             query.vector, k=k, min_score=min_score, where=where, exclude_ids=query.exclude_ids,
-            within=within, collapse=collapse,
+            within=within, collapse=collapse, exact=exact, nprobe=nprobe,
         )
 
     def search_vector(
@@ -199,12 +214,16 @@ class Index:
         exclude_ids: set[int] | frozenset[int] = frozenset(),
         within: float | None = None,
         collapse: float | None = None,
+        exact: bool = False,
+        nprobe: int | None = None,
     ) -> list[Hit]:
         """Nearest images to a (dim,) vector (normalised here).
 
         `within` D: only hits scoring at least the best score minus D. `collapse` T: a hit within
         cosine distance T (1 - cosine <= T) of a better-ranked one is folded into it (`Hit.folded`
-        lists the ids folded into each); k then counts what is left. Raises QueryError for a negative D or T.
+        lists the ids folded into each); k then counts what is left. `exact`: search every stored
+        vector exactly (slow on a large index); `nprobe`: lists an IVF index searches (more: higher
+        recall, slower). Raises QueryError for a negative D or T.
         """
         loaded = self.refresh()
         if loaded is None:
@@ -213,7 +232,8 @@ class Index:
         if q.shape[0] != loaded.index.d:
             raise DinosearchError(f"the query vector has {q.shape[0]} dimensions, the index {loaded.index.d}")
         return refined(
-            lambda n: search(self.catalogue, loaded.index, q, k=n, min_score=min_score, exclude_ids=exclude_ids, where=where),
+            lambda n: search(self.catalogue, loaded, q, k=n, min_score=min_score, exclude_ids=exclude_ids, where=where,
+                             exact=exact, nprobe=nprobe),
             k=k, within_distance=within, collapse_threshold=collapse, vector_of=self.catalogue.vector_of,
         )
 
@@ -226,26 +246,31 @@ class Index:
         minus: Sequence[ImageLike | Term] = (),
         within: float | None = None,
         collapse: float | None = None,
+        exact: bool = False,
+        nprobe: int | None = None,
     ) -> list[Hit]:
         """More like an indexed image, from its stored vector (and, with `minus`, unlike those); the
         image itself is left out. Raises UnknownImageError."""
-        return self.search(Term(id=int(image_id)), k=k, where=where, minus=minus, within=within, collapse=collapse)
+        return self.search(Term(id=int(image_id)), k=k, where=where, minus=minus, within=within, collapse=collapse,
+                           exact=exact, nprobe=nprobe)
 
-    def stats(self) -> Stats:
+    def stats(self, *, measure_recall: bool = False) -> Stats:
+        """What the index holds. `measure_recall`: measure recall@10 now, on a fresh sample of the
+        collection's own vectors against exact search (else the figure recorded when it was tuned)."""
         fp = self.fingerprint
         vectors = 0
+        measured = None
         if fp is not None:
-            current = self.vectors.count_if_current(fp.dim)
+            current = None if measure_recall else self.vectors.count_if_current(fp.dim)
             vectors = current if current is not None else self.vectors.refresh(fp.dim).count
-        return Stats(
-            images=self.catalogue.count_images(),
-            vectors=vectors,
-            failed=self.catalogue.count_failures(),
-            model=fp.model if fp else None,
-            dim=fp.dim if fp else None,
-            index_type=recorded_type(self.catalogue.get_setting(GENERATION_KEY) or {}),
-            bytes=self.catalogue.disk_bytes(),
-        )
+            if measure_recall:
+                measured = self.vectors.measure_recall(fp.dim)
+        state = self.catalogue.get_setting(GENERATION_KEY) or {}
+        fields = index_fields(state)
+        if measured is not None:
+            fields["recall"] = round(measured, 4)
+        return Stats(images=self.catalogue.count_images(), vectors=vectors, failed=self.catalogue.count_failures(),
+                     model=fp.model if fp else None, dim=fp.dim if fp else None, bytes=self.catalogue.disk_bytes(), **fields)
 
     def failures(self) -> list[Failure]:
         return self.catalogue.list_failures()

@@ -108,12 +108,21 @@ def index(
         None, "--metadata", help="CSV or JSON-lines file: a `path` column relative to PATH, other columns attached"
     ),
     as_json: bool = JsonOpt,
+    index_type: Optional[str] = typer.Option(
+        None, "--index-type",
+        help="Vector index: auto (exact while small, IVF above 100k images), flat (always exact) or a FAISS "
+        "factory string such as IVF4096,SQ8 [default: as chosen before, else auto]",
+    ),
+    index_memory: Optional[float] = typer.Option(
+        None, "--index-memory", min=1, help="Memory budget for the vector index, in MB (auto picks codes that fit)"
+    ),
 ) -> None:
     """Index images under PATHs; re-running only does the work that changed."""
 
     def go() -> None:
         ix = _open(index, create=True, model=model or settings.model_from_env(), device=device.value,
-                   backend=backend.value, precision=precision.value, batch_size=batch_size, workers=workers)
+                   backend=backend.value, precision=precision.value, batch_size=batch_size, workers=workers,
+                   index_type=index_type, index_memory_mb=index_memory)
         with ix, _progress(enabled=not as_json and sys.stderr.isatty()) as progress:
             limit = {"max_pixels": max_pixels} if max_pixels else {}
             report = ix.add(*paths, follow_symlinks=follow_symlinks, metadata=metadata, progress=progress, **limit)
@@ -165,6 +174,8 @@ def query(
     backend: Backend = BackendOpt,
     precision: Precision = PrecisionOpt,
     as_json: bool = JsonOpt,
+    exact: bool = typer.Option(False, "--exact", help="Compare with every stored vector (exact, slower on a large index)"),
+    nprobe: Optional[int] = typer.Option(None, "--nprobe", min=1, help="Lists an IVF index searches [default: its tuned nprobe]"),
 ) -> None:
     """Print the indexed images most like IMAGE(s) (and --id), and least like --minus (and --minus-id)."""
     if not images and not ids:
@@ -185,7 +196,7 @@ def query(
             if ix.catalogue.count_images() == 0:
                 raise DinosearchError(f"the index at {ix.dir} holds no images; add some with `dinosearch index PATH`")
             hits = ix.search(*terms.positives, minus=terms.negatives, k=k, min_score=min_score, where=filters,
-                             within=within, collapse=collapse)
+                             within=within, collapse=collapse, exact=exact, nprobe=nprobe)
             unknown = [key for key in filters if not hits and not ix.catalogue.has_metadata_key(key)]
             if unknown:
                 raise DinosearchError(
@@ -204,17 +215,21 @@ def query(
 
 
 @app.command()
-def stats(index: Optional[Path] = IndexOpt, as_json: bool = JsonOpt) -> None:
+def stats(
+    index: Optional[Path] = IndexOpt,
+    as_json: bool = JsonOpt,
+    recall: bool = typer.Option(False, "--recall", help="Measure the vector index's recall@10 now, against exact search"),
+) -> None:
     """Show what the index holds."""
 
     def go() -> None:
         from .store.quick import quick_stats
 
         # Most of the time SQLite alone answers, without importing SQLAlchemy or NumPy.
-        s = quick_stats(_index_dir(index))
+        s = None if recall else quick_stats(_index_dir(index))
         if s is None:
             with _open(index, create=False) as ix:
-                s = ix.stats()
+                s = ix.stats(measure_recall=recall)
         if as_json:
             typer.echo(json.dumps(s.to_dict()))
         else:
@@ -322,6 +337,9 @@ def serve(
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.01, help="Largest request body, in MB"),
     max_megapixels: float = typer.Option(50.0, "--max-megapixels", min=0.01, help="Largest uploaded image, in megapixels"),
     queue_size: int = typer.Option(32, "--queue-size", min=1, help="Uploads in flight before the server answers 503"),
+    server_workers: int = typer.Option(
+        1, "--workers", min=1, help="Server processes; they map one copy of an IVF vector index (each loads the model)"
+    ),
 ) -> None:
     """Serve the search page and the JSON API (FastAPI on uvicorn)."""
 
@@ -350,6 +368,7 @@ def serve(
         uvicorn.run(
             "dinosearch.web.app:app_from_env", factory=True, host=host, port=port,
             proxy_headers=False, server_header=False, log_level="info", timeout_graceful_shutdown=5,
+            **({"workers": server_workers} if server_workers > 1 else {}),
         )
 
     _run(go)

@@ -48,8 +48,12 @@ def run(
     progress: Progress | None = None,
     commit_every: int = 256,
     commit_seconds: float = 5.0,
+    on_changes: Callable[[tuple[int, ...], tuple[int, ...]], None] | None = None,
 ) -> tuple[IndexReport, bool]:
     """Index `roots` into the catalogue. Returns the report and whether the catalogue changed.
+
+    `on_changes(upserted, removed)` is told, once the run has finished, the ids of the rows it wrote
+    and deleted (for updating the vector index in place).
 
     `load_embedder` is called at most once, and only when some file's content is new: re-indexing an
     unchanged tree, or one where files were only renamed or copied, never loads the model.
@@ -68,7 +72,10 @@ def run(
                       decode_timeout=decode_timeout, max_pixels=max_pixels).run(progress)
     finally:
         writer.commit()  # keep whatever finished, also when interrupted
-    return writer.finish(started)
+    result = writer.finish(started)
+    if on_changes is not None:
+        on_changes(tuple(writer.upserted), tuple(writer.removed_ids))
+    return result
 
 
 @dataclass(frozen=True)

@@ -178,6 +178,10 @@ class Stats:
     dim: int | None
     index_type: str
     bytes: int
+    nlist: int | None = None  # inverted lists of an IVF index (None: exact)
+    nprobe: int | None = None  # lists searched per query, tuned to reach recall@10 >= 0.95
+    code_size: int | None = None  # bytes per vector in the index
+    recall: float | None = None  # recall@10 against exact search, measured on the collection's own vectors
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -188,4 +192,8 @@ class Stats:
             "dim": self.dim,
             "index_type": self.index_type,
             "bytes": self.bytes,
+            "nlist": self.nlist,
+            "nprobe": self.nprobe,
+            "code_size": self.code_size,
+            "recall": self.recall,
         }

@@ -9,6 +9,7 @@ import numpy as np
 
 from .records import Hit
 from .store import vectorindex
+from .store.recall import exact_search
 from .store.catalogue import Catalogue
 
 
@@ -21,11 +22,15 @@ def search(
     min_score: float | None = None,
     exclude_ids: Collection[int] = (),
     where: Mapping[str, str] | None = None,
+    exact: bool = False,
+    nprobe: int | None = None,
 ) -> list[Hit]:
     """Nearest images to `query` ((dim,) float32, unit length), best first, ranks 1..k.
 
-    Filters (`where`) apply before the top k is cut, so k hits all match when k exist. Ids that the
-    FAISS index holds but SQLite no longer does (a concurrent delete) are dropped, never shown.
+    `index` is the loaded vector index (vectorindex.LoadedVectors, or a FAISS index). Filters (`where`)
+    apply before the top k is cut, so k hits all match when k exist. Ids that the FAISS index holds but
+    SQLite no longer does (a concurrent delete) are dropped, never shown. `exact`: every vector in SQLite
+    is compared (no index); `nprobe`: lists an IVF index searches instead of its tuned number.
     """
     if k <= 0 or index.ntotal == 0:
         return []
@@ -36,7 +41,10 @@ def search(
             return []
     want = k + len(exclude_ids)
     while True:
-        scores, ids = vectorindex.search(index, query.reshape(1, -1), want, ids=allowed)
+        if exact:
+            scores, ids = exact_search(catalogue, query.reshape(1, -1), want, allowed=allowed)
+        else:
+            scores, ids = vectorindex.search(index, query.reshape(1, -1), want, ids=allowed, nprobe=nprobe)
         pairs = [
             (int(i), float(s))
             for s, i in zip(scores[0], ids[0])

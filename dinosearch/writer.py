@@ -22,6 +22,8 @@ class Writer:
         self.added = self.updated = self.embedded = 0
         self.failed = plan.failed_unchanged
         self.changed = False  # whether anything was committed
+        self.upserted: list[int] = []  # ids of the rows this run wrote (new, or new content under an old id)
+        self.removed_ids: list[int] = []  # ids of the rows this run deleted (files gone, or failing now)
         self._rows: list[ImageRow] = []
         self._failures: list[FailureRow] = []
         self._last_commit = time.monotonic()
@@ -60,7 +62,8 @@ class Writer:
 
     def commit(self) -> None:
         if self._rows or self._failures:
-            self.catalogue.write(self._rows, self._failures)
+            self.upserted += self.catalogue.write(self._rows, self._failures)
+            self.removed_ids += [k.id for f in self._failures if (k := self.plan.known.get(f.path)) is not None]
             self.changed = True
         self._rows, self._failures, self._last_commit = [], [], time.monotonic()
 
@@ -69,6 +72,7 @@ class Writer:
         self.commit()
         p = self.plan
         removed = self.catalogue.remove(p.gone, p.gone_failures) if (p.gone or p.gone_failures) else 0
+        self.removed_ids += [p.known[path].id for path in p.gone if path in p.known]
         report = IndexReport(
             added=self.added,
             updated=self.updated,

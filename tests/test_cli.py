@@ -51,7 +51,7 @@ def test_index_query_stats_failures_json(env: dict, photos: list[Path], tmp_path
 
     code, out, _ = invoke("stats", "--json")
     stats = json.loads(out)
-    assert set(stats) == {"images", "vectors", "failed", "model", "dim", "index_type", "bytes"}
+    assert set(stats) == {"images", "vectors", "failed", "model", "dim", "index_type", "bytes", "nlist", "nprobe", "code_size", "recall"}
     assert (stats["images"], stats["vectors"], stats["failed"], stats["dim"]) == (5, 5, 1, 32)
     assert stats["bytes"] > 0
 

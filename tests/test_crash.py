@@ -61,10 +61,11 @@ class Harness:
         for z in zygotes:
             self.free.put(z)
         self.lock = threading.Lock()
+        self.extra: list[str] = []  # more `index` options (an --index-type)
 
     def argv(self, index_dir: Path) -> list[str]:
         return ["index", str(self.root), "--index", str(index_dir), "--model", self.model,
-                "--workers", "1", "--batch-size", "2", "--json"]
+                "--workers", "1", "--batch-size", "2", "--json", *self.extra]
 
     def clean(self, index_dir: Path) -> tuple[list[str], float, dict]:
         trace = self.base / f"trace-{index_dir.name}"
@@ -231,6 +232,43 @@ def test_kill_at_every_boundary_then_run_again(zygotes: list[Zygote], tmp_path: 
     assert len([o for o in phase1 if o.killed]) >= 20, summary
 
 
+IVF = "IVF2,SQ8"  # an inverted-file index, forced at a handful of photos
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kill harness forks a warm zygote and reads /proc")
+def test_kill_while_an_ivf_index_is_updated_in_place(zygotes: list[Zygote], tmp_path: Path, tiny_model: str) -> None:
+    """An IVF index is updated in place by id (adds, an edit, deletes, a rename); the update is killed at
+    every commit / write boundary it crosses, then run again: a clean run's result, an IVF index again."""
+    rng = random.Random(SEED + 1)
+    h = Harness(zygotes, tmp_path, tiny_model)
+    h.extra = ["--index-type", IVF]
+    _write_tree(h.root, {f"{'a' if i % 2 else 'b'}/p{i}.jpg": i for i in range(N_IMAGES)})
+    ref1_dir = tmp_path / "ref1"
+    h.clean(ref1_dir)
+    (h.root / "a" / "p1.jpg").unlink()
+    (h.root / "a" / "p3.jpg").write_bytes(jpeg_bytes(photo(80, 80, seed=103)))  # edited
+    (h.root / "a" / "p5.jpg").rename(h.root / "b" / "renamed.jpg")
+    _write_tree(h.root, {"c/new0.jpg": 200})
+    h.extra = []  # later runs keep the recorded type
+    ref2_dir = tmp_path / "ref2"
+    shutil.copytree(ref1_dir, ref2_dir)
+    trace, seconds, report = h.clean(ref2_dir)
+    assert (report["added"], report["updated"], report["removed"]) == (2, 1, 2), report
+    ref2 = rows(ref2_dir)
+    dim = len(next(iter(ref2.values())).vector) // 4
+    check_final(ref2_dir, ref2, dim)
+    con = sqlite3.connect(ref2_dir / DB)
+    state = json.loads(con.execute("SELECT value FROM settings WHERE key = 'faiss'").fetchone()[0])
+    con.close()
+    assert state["type"] == IVF and state["trained"] == N_IMAGES  # updated in place, not trained again
+    h.kill_all(h.kill_points("ivf update", trace, seconds, randoms=1, rng=rng), ref1_dir, ref2, dim)
+    summary = _summary(h.outcomes)
+    print(summary)
+    assert all(o.problem is None for o in h.outcomes), summary
+    killed_at = {_point(o.spec) for o in h.outcomes if o.killed}
+    assert {"faiss.written", "faiss.torn", "faiss.replace.after", "settings.done"} <= killed_at, summary
+
+
 # Broken FAISS files: detected on open, rebuilt from SQLite, never wrong ids --------------------------------
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, other_model: str) -> Path:
@@ -238,9 +276,10 @@ def built(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, other_model
     from dinosearch import Index
 
     base = tmp_path_factory.mktemp("faiss")
-    for name, model, seed in (("index", tiny_model, 0), ("other-model", other_model, 0), ("other-photos", tiny_model, 50)):
+    for name, model, seed, kind in (("index", tiny_model, 0, None), ("other-model", other_model, 0, None),
+                                    ("other-photos", tiny_model, 50, None), ("index-ivf", tiny_model, 0, IVF)):
         _write_tree(base / f"photos-{seed}", {f"p{i}.jpg": seed + i for i in range(8)})
-        with Index(base / name, model=model, workers=1) as ix:
+        with Index(base / name, model=model, workers=1, index_type=kind) as ix:
             ix.add(base / f"photos-{seed}")
     return base
 
@@ -282,21 +321,23 @@ CORRUPTIONS = {
 }
 
 
+@pytest.mark.parametrize("kind", ["index", "index-ivf"])
 @pytest.mark.parametrize("damage", sorted(CORRUPTIONS))
-def test_a_broken_faiss_file_is_rebuilt_from_sqlite(built: Path, tmp_path: Path, damage: str) -> None:
+def test_a_broken_faiss_file_is_rebuilt_from_sqlite(built: Path, tmp_path: Path, damage: str, kind: str) -> None:
     from dinosearch import Index
     from dinosearch.store import vectorindex as vectors
     from dinosearch.store.catalogue import Catalogue
 
     index_dir = tmp_path / "index"
-    shutil.copytree(built / "index", index_dir)
+    shutil.copytree(built / kind, index_dir)
     stored = rows(index_dir)
     dim = len(next(iter(stored.values())).vector) // 4
-    CORRUPTIONS[damage](index_dir / _current_file(built / "index").name, index_dir, built)
+    CORRUPTIONS[damage](index_dir / _current_file(built / kind).name, index_dir, built)
     cat = Catalogue(index_dir, create=False)
     try:
-        loaded = vectors.load(cat, dim)
+        loaded = vectors.load(cat, dim, mmap=True)
         assert loaded.rebuilt, f"a {damage} FAISS file was accepted"
+        assert loaded.info["type"] == (IVF if kind == "index-ivf" else vectors.FLAT)  # rebuilt as the kind asked for
         _assert_faiss_equals_sqlite(loaded.index, index_dir)
     finally:
         cat.close()

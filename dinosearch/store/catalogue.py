@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, Integer, Text, bindparam, cast, delete, func, insert, select, update
+from sqlalchemy import Engine, Integer, Text, bindparam, cast, delete, func, insert, intersect, select, update
 
 from ..records import Failure
 from .engine import open_engine
 from .layout import DB_NAME, VERSION_KEY, disk_bytes
-from .schema import failures, images, settings
+from .schema import failures, image_meta, images, settings
 
 # Row records and encodings live in rows.py; re-exported here, where callers meet them.
 from .rows import CHUNK, FailureRow, ImageRow, Known, chunks, path_key, path_of, prefix_range, vector_bytes, vector_from  # noqa: E402,F401
@@ -139,6 +139,27 @@ class Catalogue:
                 yield ids, vecs.astype(np.float32)
                 last = int(ids[-1])
 
+    def vectors_by_id(self, ids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids (n,) int64, vectors (n, dim) float32) of the given ids that exist, in id order."""
+        wanted = sorted({int(i) for i in ids})
+        found: list[tuple[int, bytes]] = []
+        with self.engine.connect() as conn:
+            for part in chunks(wanted):
+                found += conn.execute(select(images.c.id, images.c.vector).where(images.c.id.in_(part))).all()
+        found.sort()
+        out = np.fromiter((r[0] for r in found), dtype=np.int64, count=len(found))
+        if not found:
+            return out, np.zeros((0, 0), np.float32)
+        return out, np.frombuffer(b"".join(r[1] for r in found), dtype="<f4").reshape(len(found), -1).astype(np.float32)
+
+    def id_summary(self) -> tuple[int, int, int, int]:
+        """(count, sum, min, max) of the image ids, in one aggregate query (0s when empty)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(func.count(), func.sum(images.c.id), func.min(images.c.id), func.max(images.c.id))
+            ).first()
+        return tuple(int(v or 0) for v in row)  # type: ignore[return-value]
+
     def all_ids(self) -> np.ndarray:
         with self.engine.connect() as conn:
             return np.fromiter(
@@ -248,28 +269,26 @@ class Catalogue:
         return n
 
     def ids_matching(self, where: dict[str, str]) -> np.ndarray:
-        """Ids whose metadata has every key equal to the value (compared as text)."""
-        q = select(images.c.id)
-        for i, (key, value) in enumerate(where.items()):
-            q = q.where(
-                cast(func.json_extract(images.c.meta_json, bindparam(f"k{i}", _json_path(key))), Text) == bindparam(f"v{i}", value)
+        """Ids whose metadata has every key equal to the value (compared as text), (n,) int64: one lookup
+        in the key/value index per filter."""
+        parts = [
+            select(image_meta.c.image_id).where(
+                (image_meta.c.key == bindparam(f"k{i}", key)) & (image_meta.c.value == bindparam(f"v{i}", value))
             )
+            for i, (key, value) in enumerate(where.items())
+        ]
+        q = parts[0] if len(parts) == 1 else intersect(*parts)
         with self.engine.connect() as conn:
             return np.fromiter((r[0] for r in conn.execute(q)), dtype=np.int64)
 
     def has_metadata_key(self, key: str) -> bool:
         """Whether any image's metadata has this key (a filter on another key can match nothing)."""
-        q = select(images.c.id).where(func.json_type(images.c.meta_json, bindparam("k", _json_path(key))).is_not(None)).limit(1)
+        q = select(image_meta.c.image_id).where(image_meta.c.key == bindparam("k", key)).limit(1)
         with self.engine.connect() as conn:
             return conn.execute(q).first() is not None
 
     def disk_bytes(self) -> int:
         return disk_bytes(self.dir)
-
-
-def _json_path(key: str) -> str:
-    """A metadata key as an SQLite JSON path, quoted so that any key names exactly itself."""
-    return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _bump(conn: Any) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..records import Stats
-from .layout import DB_NAME, GENERATION_KEY, MODEL_KEY, SCHEMA_REVISION, VERSION_KEY, disk_bytes, recorded_type, vectors_current
+from .layout import DB_NAME, GENERATION_KEY, MODEL_KEY, SCHEMA_REVISION, VERSION_KEY, disk_bytes, index_fields, vectors_current
 
 
 def quick_stats(index_dir: Path) -> Stats | None:
@@ -60,6 +60,6 @@ def quick_stats(index_dir: Path) -> Stats | None:
         failed=failed,
         model=model.get("model") if model else None,
         dim=model.get("dim") if model else None,
-        index_type=recorded_type(state),
         bytes=disk_bytes(index_dir),
+        **index_fields(state),
     )

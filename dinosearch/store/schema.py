@@ -6,6 +6,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Float,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -64,4 +65,15 @@ settings = Table(
     metadata,
     Column("key", String(64), primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+# Catalogue metadata as key/value rows (kept in step with images.meta_json by triggers, see migration
+# 0002_meta): a `key=value` filter is a lookup in ix_image_meta_key_value, not a scan of every row.
+image_meta = Table(
+    "image_meta",
+    metadata,
+    Column("image_id", Integer, primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("value", Text),
+    Index("ix_image_meta_key_value", "key", "value", "image_id"),
 )

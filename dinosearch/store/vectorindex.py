@@ -1,11 +1,14 @@
 """The vector index: the whole FAISS lifecycle, a cache of the catalogue's vectors keyed by row id.
 
 - `index_type` / `make_index`: the one place where the kind of FAISS index is chosen and named (a FAISS
-  factory string, recorded with each file so readers know what they map).
+  factory string, recorded with each file so readers know what they map): exact while the collection
+  is small, IVF with quantised codes and a tuned nprobe above that (kinds.py, building.py).
 - `build` / `load` / `save`: a fresh index from SQLite; the current file when it matches SQLite exactly,
   else a rebuild; a new generation written atomically.
 - `VectorIndex`: the in-memory copy a process searches, kept in step with SQLite (`refresh` for
-  readers, `sync` for the writer).
+  readers, which map an IVF file instead of reading it; `sync` for the writer, which updates an IVF
+  index in place by id).
+- `search`: top k, with an exact re-rank of an IVF index's candidates from SQLite's float32 vectors.
 
 The file is `vectors-<generation>.faiss`; its generation, type, count and dim go into SQLite only
 after the file is durably in place. On load, any mismatch with SQLite means a rebuild from SQLite,
@@ -17,34 +20,21 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import DinosearchError, IndexLockedError
+from . import building, recall
+from .building import Built, Changes, make_index
 from .catalogue import Catalogue
+from .kinds import AUTO, choose, describe, holds, ids_of, is_flat, ivf_of
+from .kinds import validate as validate_index_type  # noqa: F401  (re-exported for the API)
+from .kinds import faiss_module as _faiss
 from .layout import FLAT, GENERATION_KEY, recorded_type, vectors_current, vectors_file
 from .lock import WriterLock
-
-
-def _faiss() -> Any:
-    import faiss
-
-    return faiss
-
-
-@dataclass
-class LoadedVectors:
-    index: Any  # faiss.IndexIDMap2
-    generation: int
-    rebuilt: bool  # True: the file was missing or did not match SQLite and was rebuilt in memory
-
-    @property
-    def count(self) -> int:
-        return int(self.index.ntotal)
-
+from .searching import RERANK_EXTRA, LoadedVectors, search  # noqa: F401  (re-exported: the search of a loaded index)
 
 def count_if_current(catalogue: Catalogue, dim: int) -> int | None:
     """The vector count of the current file when every cheap check says it matches SQLite, else None.
@@ -56,15 +46,10 @@ def count_if_current(catalogue: Catalogue, dim: int) -> int | None:
     return images if vectors_current(catalogue.dir, state, version=catalogue.version(), dim=dim, images=images) else None
 
 
-def index_type(count: int) -> str:
-    """The FAISS factory string for a collection of `count` vectors: exact inner-product search."""
-    return FLAT
-
-
-def make_index(dim: int, kind: str = FLAT) -> Any:
-    """An empty index of `kind` (a FAISS factory string) over `dim`-dimensional vectors, inner product."""
-    faiss = _faiss()
-    return faiss.index_factory(dim, kind, faiss.METRIC_INNER_PRODUCT)
+def index_type(count: int, dim: int = 384, *, requested: str = AUTO, budget: int | None = None) -> str:
+    """The FAISS factory string for a collection of `count` `dim`-dimensional vectors: exact inner-product
+    search while small, an IVF index above kinds.CROSSOVER or the memory `budget` (bytes)."""
+    return choose(requested, count, dim, budget)
 
 
 def empty_index(dim: int) -> Any:
@@ -74,32 +59,58 @@ def empty_index(dim: int) -> Any:
 def max_id(index: Any) -> int:
     if index.ntotal == 0:
         return 0
-    return int(_faiss().vector_to_array(index.id_map).max())
+    return int(ids_of(index).max())
 
 
-def build(catalogue: Catalogue, dim: int) -> Any:
-    """A fresh index of every vector in SQLite."""
-    index = make_index(dim, index_type(catalogue.count_images()))
-    for ids, vecs in catalogue.iter_vectors():
-        if vecs.shape[1] != dim:
-            raise DinosearchError(f"stored vectors have {vecs.shape[1]} dimensions, the model {dim}")
-        index.add_with_ids(np.ascontiguousarray(vecs), ids)
-    return index
+def build_generation(catalogue: Catalogue, dim: int, *, requested: str = AUTO, budget: int | None = None) -> Built:
+    """A fresh index of every vector in SQLite, with what its generation records (building.build)."""
+    return building.build(catalogue, dim, _tuning_search(catalogue), requested=requested, budget=budget)
 
 
-def load(catalogue: Catalogue, dim: int) -> LoadedVectors:
-    """The index as SQLite says it should be: the current file if it matches exactly, else a rebuild."""
+def build(catalogue: Catalogue, dim: int, *, requested: str = AUTO, budget: int | None = None) -> Any:
+    """A fresh index of every vector in SQLite (the index only)."""
+    return build_generation(catalogue, dim, requested=requested, budget=budget).index
+
+
+def _tuning_search(catalogue: Catalogue) -> building.Searcher:
+    def run(index: Any, queries: np.ndarray, k: int, nprobe: int) -> np.ndarray:
+        loaded = LoadedVectors(index, 0, False, fetch=catalogue.vectors_by_id)
+        return search(loaded, queries, k, nprobe=nprobe)[1]
+
+    return run
+
+
+def load(catalogue: Catalogue, dim: int, *, mmap: bool = False) -> LoadedVectors:
+    """The index as SQLite says it should be: the current file if it matches exactly, else a rebuild.
+
+    `mmap`: map an IVF file read-only instead of reading it (readers; the page cache is shared).
+    """
     state = catalogue.get_setting(GENERATION_KEY) or {}
     generation = int(state.get("generation", 0))
     path = vectors_file(catalogue.dir, generation)
     if generation and path.exists() and _size_matches(path, state):
         try:
-            index = _faiss().read_index(str(path))
+            index = _read(path, mmap=mmap and recorded_type(state) != FLAT)
             if _matches(index, catalogue, dim, state):
-                return LoadedVectors(index, generation, rebuilt=False)
+                _set_nprobe(index, state.get("nprobe"))
+                return LoadedVectors(index, generation, rebuilt=False, info=dict(state), fetch=catalogue.vectors_by_id)
         except Exception:  # noqa: BLE001 - a truncated or garbage file is rebuilt, whatever FAISS raises
             pass
-    return LoadedVectors(build(catalogue, dim), generation, rebuilt=True)
+    built = build_generation(catalogue, dim, requested=state.get("requested") or AUTO, budget=state.get("budget"))
+    return LoadedVectors(built.index, generation, rebuilt=True, info=built.info, fetch=catalogue.vectors_by_id)
+
+
+def _read(path: Path, *, mmap: bool) -> Any:
+    faiss = _faiss()
+    if mmap:
+        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+    return faiss.read_index(str(path))
+
+
+def _set_nprobe(index: Any, nprobe: Any) -> None:
+    ivf = ivf_of(index)
+    if ivf is not None and nprobe:
+        ivf.nprobe = int(nprobe)
 
 
 def _size_matches(path: Path, state: dict[str, Any]) -> bool:
@@ -118,33 +129,42 @@ def _sample_matches(index: Any, catalogue: Catalogue, ids: np.ndarray) -> bool:
     if len(ids) == 0:
         return True
     picks = np.unique(ids[np.linspace(0, len(ids) - 1, num=min(SAMPLE, len(ids))).astype(np.int64)])
-    for i in picks.tolist():
-        stored = catalogue.vector_of(i)
-        if stored is None or not np.array_equal(index.reconstruct(i), stored.astype(np.float32)):
-            return False
-    return True
+    found, vecs = catalogue.vectors_by_id(picks)
+    if len(found) != len(picks):
+        return False
+    return all(holds(index, int(i), v) for i, v in zip(found, vecs))
 
 
 def _matches(index: Any, catalogue: Catalogue, dim: int, state: dict[str, Any]) -> bool:
     faiss = _faiss()
     if index.d != dim or int(state.get("dim", -1)) != dim:
         return False
-    if recorded_type(state) != FLAT or not isinstance(index, faiss.IndexIDMap2):
+    flat = recorded_type(state) == FLAT
+    if flat != isinstance(index, faiss.IndexIDMap2) or (not flat and ivf_of(index) is None):
         return False
     if state.get("version") != catalogue.version():
         return False  # rows were written after this file: their vectors may differ even at equal ids
     if index.ntotal != state.get("count") or index.ntotal != catalogue.count_images():
         return False
-    file_ids = np.sort(faiss.vector_to_array(index.id_map).astype(np.int64))
-    if not np.array_equal(file_ids, catalogue.all_ids()):
+    file_ids = np.sort(ids_of(index))
+    if flat:
+        if not np.array_equal(file_ids, catalogue.all_ids()):
+            return False
+    elif len(file_ids) and _summary(file_ids) != catalogue.id_summary():
+        # An IVF file: count, sum, min and max of the ids in one aggregate query, not every id through Python.
         return False
     return _sample_matches(index, catalogue, file_ids)
 
 
-def save(index: Any, catalogue: Catalogue, dim: int, version: int) -> int:
+def _summary(ids: np.ndarray) -> tuple[int, int, int, int]:
+    return (len(ids), int(ids.sum()), int(ids.min()), int(ids.max()))
+
+
+def save(index: Any, catalogue: Catalogue, dim: int, version: int, info: dict[str, Any] | None = None) -> int:
     """Write the index, built from the catalogue at `version`, as the next generation; returns it.
 
-    Only a process holding the writer lock calls this. Old generations are removed afterwards.
+    `info` (type, nprobe, recall, trained, requested, budget) is recorded with it; without it, a flat
+    index's. Only a process holding the writer lock calls this. Old generations are removed afterwards.
     """
     state = catalogue.get_setting(GENERATION_KEY) or {}
     generation = int(state.get("generation", 0)) + 1
@@ -162,11 +182,14 @@ def save(index: Any, catalogue: Catalogue, dim: int, version: int) -> int:
                 "intact, and what was indexed is kept in the catalogue) — free some space and run again"
             ) from None
         raise DinosearchError(f"could not write the vector index in {catalogue.dir}: {exc}") from None
+    known = ("type", "nprobe", "recall", "trained", "requested", "budget")
+    recorded = {"type": FLAT, "nprobe": None, "recall": 1.0, "trained": int(index.ntotal), "requested": AUTO,
+                "budget": None, **{k: v for k, v in (info or {}).items() if k in known}}
     catalogue.set_settings(
         {
             GENERATION_KEY: {
-                "generation": generation, "type": FLAT, "count": int(index.ntotal), "dim": dim,
-                "version": version, "bytes": size,
+                **recorded, "generation": generation, "count": int(index.ntotal), "dim": dim,
+                "version": version, "bytes": size, **describe(index),
             }
         }
     )
@@ -207,25 +230,12 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def search(index: Any, queries: np.ndarray, k: int, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(m, dim) float32 queries -> (scores (m, k), ids (m, k)); id -1 where fewer than k exist.
-
-    `ids`, when given, restricts the search to those ids (filters apply before top-k is cut).
-    """
-    faiss = _faiss()
-    k = max(1, min(k, int(index.ntotal))) if index.ntotal else 1
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    if ids is not None:
-        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64)))
-        return index.search(q, k, params=params)
-    return index.search(q, k)
-
-
 class VectorIndex:
     """The in-memory FAISS index of one index directory, kept in step with SQLite. Thread-safe.
 
-    Readers call `refresh`, which loads a new generation when the writer saved one (or rebuilds from
-    SQLite when the file does not match) and, between generations, adds the rows committed since.
+    Readers call `refresh`, which loads a new generation when the writer saved one (mapping an IVF file
+    rather than reading it, or rebuilding from SQLite when the file does not match) and, between
+    generations, adds the rows committed since (beside a mapped IVF index, in a small flat delta).
     The writer calls `sync` after a run, which saves a new generation when anything changed.
     """
 
@@ -247,7 +257,7 @@ class VectorIndex:
             generation = int(state.get("generation", 0))
             version = self.catalogue.version()
             if self._loaded is None or generation != self._loaded.generation:
-                self._set(load(self.catalogue, dim), version)
+                self._set(load(self.catalogue, dim, mmap=True), version)
                 if self._loaded is not None and self._loaded.rebuilt and self._loaded.count:
                     self._persist_rebuild(dim)
             elif version != self._version:
@@ -258,24 +268,67 @@ class VectorIndex:
     def _add_since(self, version: int) -> None:
         """Rows a running `index` committed since the last look: added without a rebuild. Rows it deleted
         stay in memory until the next generation; search drops them (SQLite no longer has them)."""
-        assert self._loaded is not None
+        loaded = self._loaded
+        assert loaded is not None
         for ids, vecs in self.catalogue.iter_vectors(after=self._max_id):
-            self._loaded.index.add_with_ids(np.ascontiguousarray(vecs), ids)
+            target = loaded.index
+            if not is_flat(loaded.index):  # a mapped IVF index is read-only
+                if loaded.delta is None:
+                    loaded.delta = make_index(loaded.d, FLAT)
+                target = loaded.delta
+            target.add_with_ids(np.ascontiguousarray(vecs), ids)
             self._max_id = int(ids[-1])
         self._version = version
 
-    def sync(self, dim: int, *, force: bool) -> None:
+    def sync(self, dim: int, *, force: bool, changes: Changes | None = None, requested: str | None = None,
+             budget: int | None = None) -> list[str]:
         """Make the file match SQLite (the caller holds the writer lock): a new generation when the
-        catalogue changed (`force`) or the file is missing or stale; else only old generations go."""
+        catalogue changed (`force`), the file is missing or stale, or another index kind is `requested`
+        (None: the one recorded); else only old generations go. `changes`, what this run changed since the
+        file was current, lets an IVF index be updated in place. Returns warnings for the run's report.
+        Raises IndexTypeError, DinosearchError."""
         state = self.catalogue.get_setting(GENERATION_KEY) or {}
         version = self.catalogue.version()
-        if not force and state.get("version") == version and vectors_file(self.catalogue.dir, state.get("generation", 0)).exists():
+        same_kind = requested is None or (requested == (state.get("requested") or AUTO) and budget == state.get("budget"))
+        requested = requested or state.get("requested") or AUTO
+        budget = budget if budget is not None or not same_kind else state.get("budget")
+        if same_kind and not force and state.get("version") == version and vectors_file(self.catalogue.dir, state.get("generation", 0)).exists():
             remove_stale(self.catalogue.dir, keep=int(state.get("generation", 0)))  # a killed run's leftovers
-            return
-        index = build(self.catalogue, dim)
-        generation = save(index, self.catalogue, dim, version)
+            return []
+        warnings: list[str] = []
+        index = self._in_place(dim, state, changes) if same_kind and changes is not None else None
+        if index is not None:
+            reason = building.retrain_reason(state, int(index.ntotal))
+            if reason is None:
+                info = dict(state)
+            else:
+                index = None
+                warnings.append(f"{reason}: it was trained again")
+        if index is None:
+            built = build_generation(self.catalogue, dim, requested=requested, budget=budget)
+            index, info = built.index, built.info
+        generation = save(index, self.catalogue, dim, version, info)
         with self._lock:
-            self._set(LoadedVectors(index, generation, rebuilt=False), version)
+            _set_nprobe(index, info.get("nprobe"))
+            self._set(LoadedVectors(index, generation, rebuilt=False, info=info, fetch=self.catalogue.vectors_by_id), version)
+        return warnings
+
+    def _in_place(self, dim: int, state: dict[str, Any], changes: Changes) -> Any:
+        """The current IVF file with this run's changes applied, or None when it must be rebuilt instead
+        (flat, not current when the run began, unreadable, or not matching SQLite afterwards)."""
+        path = vectors_file(self.catalogue.dir, int(state.get("generation", 0)))
+        if recorded_type(state) == FLAT or state.get("version") != changes.base_version or not path.exists():
+            return None
+        try:
+            index = _read(path, mmap=False) if _size_matches(path, state) else None
+        except Exception:  # noqa: BLE001 - whatever FAISS raises on a damaged file: rebuild
+            return None
+        if index is None or ivf_of(index) is None or index.d != dim or index.ntotal != state.get("count"):
+            return None
+        building.apply(index, self.catalogue, changes)
+        if index.ntotal != self.catalogue.count_images():
+            return None
+        return index
 
     def count_if_current(self, dim: int) -> int | None:
         """The vector count without loading anything, when the file on disk is known to be current."""
@@ -291,6 +344,14 @@ class VectorIndex:
             with WriterLock(self.catalogue.dir):
                 assert self._loaded is not None
                 if self.catalogue.version() == self._version:
-                    self._loaded.generation = save(self._loaded.index, self.catalogue, dim, self._version)
+                    self._loaded.generation = save(self._loaded.index, self.catalogue, dim, self._version, self._loaded.info)
         except (IndexLockedError, DinosearchError, OSError):
             pass
+
+    def measure_recall(self, dim: int) -> float:
+        """recall@10 of the loaded index at its nprobe, measured now on a fresh sample of the collection's
+        own vectors against exact search (1.0 for an exact index, without measuring)."""
+        loaded = self.refresh(dim)
+        if is_flat(loaded.index):
+            return 1.0
+        return recall.measure(self.catalogue, lambda q, k, p: search(loaded, q, k, nprobe=p)[1], ivf_of(loaded.index).nprobe)

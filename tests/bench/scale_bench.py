@@ -1,0 +1,122 @@
+"""Scale benchmark (`make bench-scale`): N synthetic clustered unit vectors inserted as real catalogue rows,
+then the vector index built, searched, updated in place and filtered, against exact search in the same run.
+
+    python -m tests.bench.scale_bench --n 1000000 [--dim 384] [--dir /tmp/scale-index] [--keep]
+
+A benchmark, not a test: it prints figures, it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import insert
+
+from dinosearch.search import search
+from dinosearch.store import vectorindex as vectors
+from dinosearch.store.catalogue import Catalogue, _bump
+from dinosearch.store.recall import exact_search, recall_at
+from dinosearch.store.schema import images
+
+
+def clustered(n: int, dim: int, rng: np.random.Generator, centres: np.ndarray) -> np.ndarray:
+    v = centres[rng.integers(0, len(centres), n)] + 0.6 * rng.normal(size=(n, dim)).astype(np.float32) / np.sqrt(dim) * 4
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def insert_rows(cat: Catalogue, n: int, dim: int, start: int, rng: np.random.Generator, centres: np.ndarray) -> None:
+    """Real rows (path, hash, vector, metadata), in one transaction per 50k, as SQLAlchemy Core executemany."""
+    now = time.time()
+    for lo in range(start, start + n, 50_000):
+        hi = min(lo + 50_000, start + n)
+        vecs = clustered(hi - lo, dim, rng, centres)
+        rows = [
+            {"path": f"/photos/{i // 1000}/p{i}.jpg".encode(), "root": b"/photos", "size": 1000 + i, "mtime_ns": i,
+             "content_hash": f"{i:064x}", "vector": v.astype("<f4").tobytes(),
+             "meta_json": json.dumps({"shop": f"s{i % 100}"}), "indexed_at": now}
+            for i, v in zip(range(lo, hi), vecs)
+        ]
+        with cat.engine.begin() as conn:
+            conn.execute(insert(images), rows)
+            _bump(conn)
+
+
+def timed(fn, repeat: int = 1) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def p50_ms(fn, queries: np.ndarray) -> float:
+    times = []
+    for q in queries:
+        t = time.perf_counter()
+        fn(q)
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--dir", type=Path, default=None)
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    n, dim = args.n, args.dim
+    base = args.dir or Path(tempfile.mkdtemp(prefix="dinosearch-scale-"))
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(max(16, n // 1000), dim)).astype(np.float32)
+    out: dict[str, object] = {"n": n, "dim": dim}
+    cat = Catalogue(base / "index")
+    try:
+        out["insert_rows_s"], _ = timed(lambda: insert_rows(cat, n, dim, 0, rng, centres))
+        vi = vectors.VectorIndex(cat)
+        out["build_from_sqlite_s"], _ = timed(lambda: vi.sync(dim, force=True, requested="auto"))
+        state = cat.get_setting(vectors.GENERATION_KEY)
+        out.update({k: state.get(k) for k in ("type", "nlist", "nprobe", "recall", "code_size", "bytes")})
+        out["load_mmap_s"], loaded = timed(lambda: vectors.load(cat, dim, mmap=True))
+        qids, queries = cat.vectors_by_id(rng.choice(cat.all_ids(), 200, replace=False))
+        out["search_p50_ms"] = p50_ms(lambda q: vectors.search(loaded, q[None], 10), queries)
+        flat = vectors.LoadedVectors(vectors.build(cat, dim, requested="flat"), 0, False)
+        out["flat_search_p50_ms"] = p50_ms(lambda q: vectors.search(flat, q[None], 10), queries[:50])
+        _, truth = exact_search(cat, queries, 11)
+        found = vectors.search(loaded, queries, 11)[1]
+        out["recall_at_10_vs_flat"] = recall_at(found[:, 1:], truth[:, 1:])
+        del flat
+        allowed_q = lambda q: search(cat, loaded, q, k=10, where={"shop": "s7"})  # noqa: E731 - 1 % of rows
+        out["filtered_1pct_p50_ms"] = p50_ms(allowed_q, queries[:50])
+        # Add 1,000 rows, then remove 1,000, each synced in place.
+        base_version = cat.version()
+        insert_rows(cat, 1000, dim, n, rng, centres)
+        new = cat.all_ids()[-1000:]
+        out["add_1000_sync_s"], notes = timed(
+            lambda: vi.sync(dim, force=True, changes=vectors.Changes(base_version, tuple(new.tolist()), ())))
+        base_version = cat.version()
+        gone = cat.all_ids()[:1000]
+        cat.remove([f"/photos/{i // 1000}/p{i}.jpg" for i in range(1000)])
+        out["remove_1000_sync_s"], _ = timed(
+            lambda: vi.sync(dim, force=True, changes=vectors.Changes(base_version, (), tuple(gone.tolist()))))
+        out["in_place_warnings"] = notes
+        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    finally:
+        cat.close()
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+    for key, value in out.items():
+        print(f"{key:>24}: {round(value, 4) if isinstance(value, float) else value}")
+
+
+if __name__ == "__main__":
+    main()
