@@ -22,6 +22,7 @@ import numpy as np
 
 from .embed import Embedder, l2_normalise
 from .errors import DinosearchError, ImageError, IndexNotFoundError
+from .explain import Explainer, Explanation, load_result
 from .metadata import MetadataRows, read_metadata, resolve
 from .model import ModelSlot
 from .query import ImageLike, QueryVectors, Term, as_term
@@ -69,6 +70,7 @@ class Index:
         )
         self.queries = QueryVectors(self.catalogue, self.model)
         self.vectors = VectorIndex(self.catalogue)
+        self.explainer = Explainer(self.model)
         self._batch_size, self._workers = batch_size, workers
         # The vector index kind asked for ("auto", "flat" or a FAISS factory string; None: as recorded)
         # and the memory budget for it; applied by the next `add`.
@@ -253,6 +255,34 @@ class Index:
         image itself is left out. Raises UnknownImageError."""
         return self.search(Term(id=int(image_id)), k=k, where=where, minus=minus, within=within, collapse=collapse,
                            exact=exact, nprobe=nprobe)
+
+    def explain(
+        self,
+        query: ImageLike | Term | np.ndarray,
+        result: ImageLike | Term,
+        *,
+        method: str = "patches",
+        max_side: int | None = None,
+        max_pixels: int = MAX_PIXELS,
+    ) -> Explanation:
+        """Why `result` matches `query`: a heat map over the result of how like the query each part of
+        it is (explain.py). Both images meet the model again; nothing is stored.
+
+        `query`: a path, URL, bytes, PIL image, or a query.Term (an indexed id `Term(id=N)`, a region
+        `Term(image=..., crop=Crop(...))`); or (crop_h, crop_w, 3) uint8 pixels already prepared for
+        the model. `result`: a path, URL, bytes, PIL image or `Term(id=N)`. `method`: "patches" (each
+        result patch against the best matching query patch) or "cls" (against the query's CLS token).
+        `max_side`: shrink the result to at most this many pixels along its longest side (None: its
+        full size). `.png()` of the answer is the overlay. Raises ImageError, QueryError, FetchError,
+        UnknownImageError, ModelLoadError.
+        """
+        if isinstance(query, np.ndarray):
+            pixels = query
+        else:
+            pixels = self.queries.pixels(as_term(query), max_pixels=max_pixels)
+        data, name = self.queries.source(as_term(result))
+        image = load_result(data, name=name, max_side=max_side, max_pixels=max_pixels)
+        return self.explainer.explain(pixels, image, method=method)
 
     def stats(self, *, measure_recall: bool = False) -> Stats:
         """What the index holds. `measure_recall`: measure recall@10 now, on a fresh sample of the

@@ -230,29 +230,54 @@ class QueryVectors:
     def region(self, image: ImageLike, crop: Crop, *, max_pixels: int = MAX_PIXELS) -> QueryVector:
         """A region of a path, URL, bytes or PIL image -> its QueryVector: the box alone is decoded
         at full resolution and embedded. Raises ImageError, QueryError (a box outside the image)."""
+        pixels = self.pixels(Term(image=image, crop=crop), max_pixels=max_pixels)
+        same_id = None
+        if isinstance(image, (str, os.PathLike)) and not (isinstance(image, str) and is_url(image)):
+            found = self.catalogue.lookup_path(os.path.abspath(os.path.expanduser(os.fspath(image))))
+            same_id = found[0].id if found is not None else None
+        return QueryVector(self.of_pixels(pixels), same_id)
+
+    def source(self, term: Term) -> tuple[Any, str]:
+        """The image a Term names (a path, URL, bytes, PIL image or indexed id), undecoded: (file bytes,
+        or the PIL image as given; a name for messages). Raises ImageError, FetchError,
+        UnknownImageError, QueryError (a vector has no image)."""
         from PIL import Image
 
-        from .decode import DecodeError
+        if term.vector is not None or (term.image is None) == (term.id is None):
+            raise QueryError("name one image or one indexed id (a vector has no pixels)")
+        if term.id is not None:
+            row = self.catalogue.file_of(int(term.id))
+            if row is None:
+                raise UnknownImageError(f"no indexed image has id {term.id}")
+            return _read(row["path"]), row["path"]
+        image = term.image
+        if isinstance(image, Image.Image):
+            return image, "the image"
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            return bytes(image), "the image"
+        if isinstance(image, str) and is_url(image):
+            return fetch(image), image
+        name = os.path.abspath(os.path.expanduser(os.fspath(image)))
+        return _read(name), name
+
+    def pixels(self, term: Term, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+        """A Term's image (its region with a crop), decoded afresh and prepared for the model as its
+        vector is: (crop_h, crop_w, 3) uint8. Raises as `source`, and QueryError for a box outside it."""
+        from PIL import Image
+
+        from .decode import DecodeError, decode, prepare_pil
         from .region import decode_region, region_of_pil
 
+        data, name = self.source(term)
         pre = self.model.get().preprocess
-        if isinstance(image, Image.Image):
-            return QueryVector(self.of_pixels(region_of_pil(image, pre, crop)), None)
-        same_id, name = None, "the image"
-        if isinstance(image, (bytes, bytearray, memoryview)):
-            data = bytes(image)
-        elif isinstance(image, str) and is_url(image):
-            data, name = fetch(image), image
-        else:
-            name = os.path.abspath(os.path.expanduser(os.fspath(image)))
-            data = _read(name)
-            found = self.catalogue.lookup_path(name)
-            same_id = found[0].id if found is not None else None
+        if isinstance(data, Image.Image):
+            return region_of_pil(data, pre, term.crop) if term.crop is not None else prepare_pil(data, pre)
         try:
-            pixels = decode_region(data, pre, crop, max_pixels=max_pixels).pixels
+            if term.crop is not None:
+                return decode_region(data, pre, term.crop, max_pixels=max_pixels).pixels
+            return decode(data, pre, max_pixels=max_pixels).pixels
         except DecodeError as exc:
             raise ImageError(f"{name}: {exc.message}", kind=exc.kind) from None
-        return QueryVector(self.of_pixels(pixels), same_id)
 
 
 def _read(path: str) -> bytes:

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..api import Index
 from .engine import ModelUnavailable, Overloaded, QueryEngine
+from .explain import explain_api
 from .guard import Guard
 from .media import Thumbnails
 from .routes import api, media
@@ -104,6 +105,7 @@ def create_app(settings: WebSettings, *, index: Index | None = None) -> FastAPI:
     _add_error_handlers(app)
     app.include_router(api)
     app.include_router(media)
+    app.include_router(explain_api)
 
     page = (HERE / "templates" / "index.html").read_text(encoding="utf-8")
     page = page.replace("{{max_body_bytes}}", str(settings.max_body_bytes)).replace(

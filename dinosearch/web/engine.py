@@ -119,6 +119,15 @@ class QueryEngine:
         stored = await anyio.to_thread.run_sync(self.index.queries.stored, data)
         if stored is not None:
             return stored
+        return await self._admitted(data, embed=True)
+
+    async def pixels_of_upload(self, data: bytes) -> np.ndarray:
+        """Image file bytes -> model-ready (h, w, 3) uint8 pixels, decoded in the sandbox as a search's
+        are, without the model (explain runs it). Raises DecodeError, Overloaded or ModelUnavailable."""
+        return await self._admitted(data, embed=False)
+
+    async def _admitted(self, data: bytes, *, embed: bool) -> np.ndarray:
+        """Decode (and embed) one upload as one of the `queue_size` in flight, within the request timeout."""
         if self._pending >= self.queue_size:
             raise Overloaded()
         self._pending += 1
@@ -126,7 +135,7 @@ class QueryEngine:
             with anyio.fail_after(self.request_timeout):
                 await self._wait_ready()
                 pixels = await self._decode(data)
-                return await self._embed(pixels)
+                return await self._embed(pixels) if embed else pixels
         except TimeoutError:
             raise Overloaded() from None
         finally:

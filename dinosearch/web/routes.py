@@ -116,28 +116,35 @@ SEARCH_BODY = {
 }
 
 
+async def parse_form(request: Request, *, max_files: int, max_fields: int) -> Any:
+    """A multipart/form-data body, parsed in memory; the caller closes it. Raises HTTPException 415, 422."""
+    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        raise HTTPException(415, "send the image as multipart/form-data in a field named `image`")
+    parser = _InMemoryParser(request.headers, request.stream(), max_files=max_files, max_fields=max_fields, max_part_size=4096)
+    try:
+        return await parser.parse()
+    except MultiPartException as exc:
+        raise HTTPException(422, f"malformed multipart body: {exc.message}") from None
+
+
+async def image_files(form: Any) -> list[bytes]:
+    """The bytes of each `image` file part (at least one). Raises HTTPException 422."""
+    images = form.getlist("image")
+    if not images or any(isinstance(image, str) for image in images):
+        raise HTTPException(422, "image: a file field named `image` is required")
+    datas = [await image.read() for image in images]
+    for image, data in zip(images, datas):
+        if not image.filename and len(data) < 4096 and sniff(data) == "text":
+            raise HTTPException(422, "image: got a text field; send the image as a file part, e.g. curl -F image=@photo.jpg")
+    return datas
+
+
 @api.post("/search", response_model=Results, openapi_extra=SEARCH_BODY, summary="Images like an uploaded one")
 async def search(request: Request) -> Any:
     settings = request.app.state.settings
-    content_type = request.headers.get("content-type", "")
-    if not content_type.lower().startswith("multipart/form-data"):
-        raise HTTPException(415, "send the image as multipart/form-data in a field named `image`")
-    parser = _InMemoryParser(
-        request.headers, request.stream(), max_files=MAX_QUERY_IMAGES,
-        max_fields=2 * MAX_WHERE + 2 * MAX_QUERY_IDS + 4, max_part_size=4096,
-    )
+    form = await parse_form(request, max_files=MAX_QUERY_IMAGES, max_fields=2 * MAX_WHERE + 2 * MAX_QUERY_IDS + 4)
     try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        raise HTTPException(422, f"malformed multipart body: {exc.message}") from None
-    try:
-        images = form.getlist("image")
-        if not images or any(isinstance(image, str) for image in images):
-            raise HTTPException(422, "image: a file field named `image` is required")
-        datas = [await image.read() for image in images]  # type: ignore[union-attr]
-        for image, data in zip(images, datas):
-            if not image.filename and len(data) < 4096 and sniff(data) == "text":  # type: ignore[union-attr]
-                raise HTTPException(422, "image: got a text field; send the image as a file part, e.g. curl -F image=@photo.jpg")
+        datas = await image_files(form)
         k = _parse_k(form.getlist("k"), settings.max_k)
         where = _parse_where([w for w in form.getlist("where") if isinstance(w, str)])
         fields = {name: [v for v in form.getlist(name) if isinstance(v, str)] for name in ("like", "minus", "within", "collapse")}

@@ -28,19 +28,25 @@
     try { return sessionStorage.getItem("dinosearch-key") || ""; } catch (e) { return ""; }
   }
 
-  async function api(path, options) {
+  // The response of an API call, or an Error carrying the server's {"detail"} and status.
+  async function send(path, options) {
     const opts = Object.assign({ headers: {} }, options || {});
     const key = apiKey();
     if (key) opts.headers.Authorization = "Bearer " + key;
     const res = await fetch(path, opts);
-    let body = null;
-    try { body = await res.json(); } catch (e) { body = null; }
     if (!res.ok) {
+      let body = null;
+      try { body = await res.json(); } catch (e) { body = null; }
       const err = new Error((body && typeof body.detail === "string") ? body.detail : "the server answered " + res.status);
       err.status = res.status;
       throw err;
     }
-    return body;
+    return res;
+  }
+
+  async function api(path, options) {
+    const res = await send(path, options);
+    try { return await res.json(); } catch (e) { return null; }
   }
 
   function needKey(again) {
@@ -342,8 +348,57 @@
       run(Object.assign({}, lastQuery, { minus: minus }));
     });
     info.append(less);
+    const query = lastQuery; // the query these results answer
+    const why = el("button", "why", "Why?");
+    why.type = "button";
+    why.setAttribute("aria-pressed", "false");
+    why.setAttribute("aria-label", "Why this match: " + title);
+    why.title = "Show which parts of this image are most like the query";
+    why.addEventListener("click", () => toggleWhy(query, r.id, more, why));
+    info.append(why);
     li.append(info);
     return li;
+  }
+
+  // "Why?": a heat map of the parts of a result most like the query (brighter: more alike), laid
+  // over its thumbnail. The server runs the model on both images for it; nothing is kept.
+  async function toggleWhy(query, id, frame, button) {
+    const shown = frame.querySelector("img.why-overlay");
+    if (shown) { shown.remove(); button.setAttribute("aria-pressed", "false"); return; }
+    if (!query) return;
+    button.disabled = true;
+    try {
+      const blob = await (await send(explainPath(query, id), await explainOptions(query))).blob();
+      const img = el("img", "why-overlay");
+      img.alt = "Heat map: the brighter, the more like the query";
+      img.src = URL.createObjectURL(blob);
+      img.addEventListener("load", () => URL.revokeObjectURL(img.src), { once: true });
+      frame.append(img);
+      button.setAttribute("aria-pressed", "true");
+    } catch (err) {
+      if (err.status === 401) needKey(() => toggleWhy(query, id, frame, button));
+      else setStatus(err.message, true);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  function explainPath(query, id) {
+    const params = new URLSearchParams({ size: "480" });
+    if (query.kind === "similar") {
+      params.set("like", String(query.id));
+      if (query.crop) params.set("crop", cropText(query.crop));
+    }
+    return "api/images/" + encodeURIComponent(id) + "/explain?" + params.toString();
+  }
+
+  // An upload query explains by its first photo (its box, when one is drawn), sent again.
+  async function explainOptions(query) {
+    if (query.kind === "similar") return {};
+    const file = query.files[0];
+    const form = new FormData();
+    form.append("image", query.crop ? await cropFile(file, query.crop) : file, query.crop ? "region.png" : (file.name || "pasted-image"));
+    return { method: "POST", body: form };
   }
 
   // Filters --------------------------------------------------------------------------------------
