@@ -25,7 +25,7 @@ from .errors import DinosearchError, IndexNotFoundError, UnknownImageError
 from .metadata import MetadataRows, read_metadata, resolve
 from .model import ModelSlot
 from .query import ImageLike, QueryVectors
-from .records import MAX_PIXELS, Failure, Hit, IndexReport, ModelFingerprint, Stats
+from .records import MAX_PIXELS, Failure, Hit, IndexReport, ModelFingerprint, Stats, VideoOptions
 from .search import search
 from .store.catalogue import Catalogue
 from .store.layout import DB_NAME, GENERATION_KEY, recorded_type
@@ -90,12 +90,15 @@ class Index:
         progress: Callable[[int, int], None] | None = None,
         decode_timeout: float = 60.0,
         max_pixels: int = MAX_PIXELS,
+        video: VideoOptions | None = None,
     ) -> IndexReport:
         """Index (or re-index) folders and files; only what changed since the last run is done.
 
         `metadata`: a CSV or JSON-lines file whose `path` column (relative to a PATH) names an image;
         its other columns are attached to that image. Rows naming unknown files are reported.
-        Raises PathNotFoundError, IndexLockedError, ModelLoadError, ModelMismatchError.
+        `video`: also index videos, one row per sampled frame (needs PyAV: the `video` extra).
+        Raises PathNotFoundError, IndexLockedError, ModelLoadError, ModelMismatchError, and
+        DinosearchError for `video` without PyAV.
         """
         from . import index as indexer
 
@@ -113,6 +116,7 @@ class Index:
                 max_pixels=max_pixels,
                 follow_symlinks=follow_symlinks,
                 progress=progress,
+                video=video,
             )
             if rows is not None:
                 report = self._attach_metadata(rows, [os.path.abspath(os.fspath(p)) for p in paths], report)
@@ -147,6 +151,10 @@ class Index:
         """path, size, mtime_ns, content_hash and format of an indexed image, or None."""
         return self.catalogue.file_of(int(image_id))
 
+    def thumbnail_of(self, image_id: int) -> bytes | None:
+        """A video frame's JPEG thumbnail, stored at indexing; None for a photo or an unknown id."""
+        return self.catalogue.thumbnail_of(int(image_id))
+
     def vector_of(self, image: ImageLike) -> tuple[np.ndarray, int | None]:
         """One query image -> ((dim,) unit vector, the id of the same indexed file or None).
 
@@ -166,11 +174,13 @@ class Index:
         k: int = 10,
         min_score: float | None = None,
         where: Mapping[str, str] | None = None,
+        all_frames: bool = False,
     ) -> list[Hit]:
         """Images like these (paths, bytes or PIL images; several: their mean). The query files
-        themselves never appear in their own results. Raises ImageError."""
+        themselves never appear in their own results. A video counts once, by its best frame
+        (`Hit.timestamp`), unless `all_frames`. Raises ImageError."""
         vector, exclude = self.queries.combined(images)
-        return self.search_vector(vector, k=k, min_score=min_score, where=where, exclude_ids=exclude)
+        return self.search_vector(vector, k=k, min_score=min_score, where=where, exclude_ids=exclude, all_frames=all_frames)
 
     def search_vector(
         self,
@@ -180,15 +190,17 @@ class Index:
         min_score: float | None = None,
         where: Mapping[str, str] | None = None,
         exclude_ids: set[int] | frozenset[int] = frozenset(),
+        all_frames: bool = False,
     ) -> list[Hit]:
-        """Nearest images to a (dim,) vector (normalised here)."""
+        """Nearest images to a (dim,) vector (normalised here); a video once, by its best frame, unless `all_frames`."""
         loaded = self.refresh()
         if loaded is None:
             return []
         q = l2_normalise(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
         if q.shape[0] != loaded.index.d:
             raise DinosearchError(f"the query vector has {q.shape[0]} dimensions, the index {loaded.index.d}")
-        return search(self.catalogue, loaded.index, q, k=k, min_score=min_score, exclude_ids=exclude_ids, where=where)
+        return search(self.catalogue, loaded.index, q, k=k, min_score=min_score, exclude_ids=exclude_ids, where=where,
+                      all_frames=all_frames)
 
     def similar(self, image_id: int, *, k: int = 10, where: Mapping[str, str] | None = None) -> list[Hit]:
         """More like an indexed image, from its stored vector; the image itself is left out."""

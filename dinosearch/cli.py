@@ -13,7 +13,7 @@ import typer
 from . import settings
 from .errors import DinosearchError
 from .filters import FilterError, parse_where
-from .records import display_path
+from .records import VideoOptions, display_path, format_timestamp
 
 if TYPE_CHECKING:
     from .api import Index
@@ -104,15 +104,19 @@ def index(
     metadata: Optional[Path] = typer.Option(
         None, "--metadata", help="CSV or JSON-lines file: a `path` column relative to PATH, other columns attached"
     ),
+    video: bool = typer.Option(False, "--video", help="Also index videos (MP4/MOV, WebM/MKV, AVI) as frames; needs pip install 'dinosearch[video]'"),
+    video_interval: float = typer.Option(2.0, "--video-interval", min=0.1, help="Seconds between sampled video frames (plus scene changes)"),
+    video_max_frames: int = typer.Option(200, "--video-max-frames", min=1, help="Frames per video at most"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Index images under PATHs; re-running only does the work that changed."""
+    videos = VideoOptions(interval=video_interval, max_frames=video_max_frames) if video else None
 
     def go() -> None:
         ix = _open(index, create=True, model=model or settings.model_from_env(), device=device.value,
                    backend=backend.value, precision=precision.value, batch_size=batch_size, workers=workers)
         with ix, _progress(enabled=not as_json and sys.stderr.isatty()) as progress:
-            report = ix.add(*paths, follow_symlinks=follow_symlinks, metadata=metadata, progress=progress)
+            report = ix.add(*paths, follow_symlinks=follow_symlinks, metadata=metadata, progress=progress, video=videos)
         for w in report.warnings:
             _err(f"warning: {w}")
         if as_json:
@@ -141,6 +145,7 @@ def query(
     device: Device = typer.Option(Device.auto, "--device", help="Where the model runs, if needed"),
     backend: Backend = BackendOpt,
     precision: Precision = PrecisionOpt,
+    all_frames: bool = typer.Option(False, "--all-frames", help="Every matching video frame, not only each video's best"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Print the indexed images most like IMAGE(s)."""
@@ -152,14 +157,15 @@ def query(
             raise DinosearchError(f"--where: {exc}") from None
         with _open(index, create=False, model=model or settings.model_from_env(), device=device.value,
                    backend=backend.value, precision=precision.value) as ix:
-            hits = ix.search(*images, k=k, min_score=min_score, where=filters)
+            hits = ix.search(*images, k=k, min_score=min_score, where=filters, all_frames=all_frames)
         if as_json:
             typer.echo(json.dumps({"results": [h.to_dict() for h in hits]}, ensure_ascii=False))
             return
         if not hits:
             typer.echo("no results")
         for h in hits:
-            typer.echo(f"{h.rank:>3}  {h.score:.3f}  {_safe(display_path(h.path))}{_describe(h.metadata)}")
+            at = f" @ {format_timestamp(h.timestamp)}" if h.timestamp is not None else ""
+            typer.echo(f"{h.rank:>3}  {h.score:.3f}  {_safe(display_path(h.path))}{at}{_describe(h.metadata)}")
 
     _run(go)
 

@@ -23,6 +23,8 @@ class FailureKind(str, Enum):
     UNREADABLE = "unreadable"
     TIMEOUT = "timeout"
     CRASHED = "crashed"
+    NOT_A_VIDEO = "not-a-video"  # named like a video (.mp4 ...), but not an allowed video container
+    UNSUPPORTED_CODEC = "unsupported-codec"  # a video whose codec is not on the allowlist
     NOT_FOUND = "not-found"  # a query path that does not exist (never recorded: the walk only finds files)
 
     def __str__(self) -> str:
@@ -45,6 +47,15 @@ class ImageFile:
     root: str
     size: int
     mtime_ns: int
+    video: bool = False  # named like a video: indexed as frames, with --video only
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """How videos are sampled into frames (`index --video`)."""
+
+    interval: float = 2.0  # seconds between sampled frames
+    max_frames: int = 200  # frames per file at most (the interval widens to fit long videos)
 
 
 @dataclass(frozen=True)
@@ -106,6 +117,7 @@ class Hit:
     score: float  # cosine similarity
     path: str
     metadata: dict[str, Any] | None = None
+    timestamp: float | None = None  # seconds into the video, for a video frame; None for a photo
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -114,7 +126,14 @@ class Hit:
             "score": round(self.score, 6),
             "path": display_path(self.path),
             "metadata": self.metadata,
+            "timestamp": self.timestamp,
         }
+
+
+def format_timestamp(seconds: float) -> str:
+    """Seconds -> ``HH:MM:SS.s`` (tenths), as `query` prints a video frame's time."""
+    tenths = int(round(seconds * 10))
+    return f"{tenths // 36000:02d}:{tenths // 600 % 60:02d}:{tenths // 10 % 60:02d}.{tenths % 10}"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,48 @@
+"""Video frames: one file -> many rows. images gains `timestamp` (seconds into the video, NULL for a
+photo) and `thumbnail` (a frame's small JPEG); the file's path is unique with its timestamp.
+
+Revision ID: 0002_frames
+Revises: 0001
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002_frames"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+UNIQUE_FRAME = "CREATE UNIQUE INDEX uq_images_path_timestamp ON images (path, ifnull(timestamp, -1.0))"
+
+
+def _sequence() -> int | None:
+    return op.get_bind().exec_driver_sql("SELECT seq FROM sqlite_sequence WHERE name = 'images'").scalar()
+
+
+def _restore_sequence(seq: int | None) -> None:
+    # SQLite rebuilds the table to drop a constraint; its AUTOINCREMENT high-water mark must survive,
+    # or the ids of deleted images could be handed out again.
+    if seq is not None:
+        op.get_bind().exec_driver_sql("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'images'", (seq,))
+
+
+def upgrade() -> None:
+    seq = _sequence()
+    with op.batch_alter_table("images", recreate="always", table_kwargs={"sqlite_autoincrement": True}) as batch:
+        batch.drop_constraint("uq_images_path", type_="unique")
+        batch.add_column(sa.Column("timestamp", sa.Float()))
+        batch.add_column(sa.Column("thumbnail", sa.LargeBinary()))
+    op.execute(UNIQUE_FRAME)
+    _restore_sequence(seq)
+
+
+def downgrade() -> None:
+    seq = _sequence()
+    op.execute("DROP INDEX uq_images_path_timestamp")
+    op.execute("DELETE FROM images WHERE timestamp IS NOT NULL")
+    with op.batch_alter_table("images", recreate="always", table_kwargs={"sqlite_autoincrement": True}) as batch:
+        batch.drop_column("thumbnail")
+        batch.drop_column("timestamp")
+        batch.create_unique_constraint("uq_images_path", ["path"])
+    _restore_sequence(seq)
