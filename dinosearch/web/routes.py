@@ -21,7 +21,7 @@ from ..filters import FilterError, parse_where
 from ..records import FailureKind, Hit, display_path
 from . import auth
 from .engine import QueryEngine
-from .media import Gone, Thumbnails, iter_file, open_original
+from .media import Gone, Thumbnails, byte_range, iter_file, iter_part, open_original
 
 MAX_ID = 2**63 - 1  # SQLite's INTEGER range: anything beyond is unknown, not an overflow error
 MAX_WHERE = 16
@@ -37,7 +37,8 @@ class Result(BaseModel):
     name: str  # the file name (no directory), for results without a catalogue title
     metadata: dict[str, Any] | None
     thumbnail_url: str
-    image_url: str
+    image_url: str  # a video frame's: the video (the page adds #t=timestamp)
+    timestamp: float | None = None  # seconds into the video, for a video frame; null for a photo
 
 
 class Results(BaseModel):
@@ -188,8 +189,18 @@ async def original(request: Request, image_id: ImageId) -> StreamingResponse:
         "ETag": f'"{opened.etag}"',
         "Cache-Control": "private, max-age=3600",
         "Content-Disposition": "inline",
+        "Accept-Ranges": "bytes",
         **_IMAGE_HEADERS,
     }
+    try:
+        part = byte_range(request.headers.get("range"), opened.size)
+    except ValueError:
+        opened.file.close()
+        raise HTTPException(416, "the requested range is outside the file", headers={"Content-Range": f"bytes */{opened.size}"}) from None
+    if part is not None:  # a <video> element seeking: just the bytes asked for
+        start, length = part
+        headers.update({"Content-Length": str(length), "Content-Range": f"bytes {start}-{start + length - 1}/{opened.size}"})
+        return StreamingResponse(iter_part(opened.file, start, length), status_code=206, media_type=opened.media_type, headers=headers)
     return StreamingResponse(iter_file(opened.file), media_type=opened.media_type, headers=headers)
 
 
@@ -254,6 +265,7 @@ def _results(request: Request, hits: list[Hit]) -> Results:
                 metadata=h.metadata,
                 thumbnail_url=url("thumbnail", h.id, "/thumbnail"),
                 image_url=url("image", h.id, ""),
+                timestamp=h.timestamp,
             )
             for h in hits
         ]
