@@ -3,7 +3,7 @@
 Runs inside a decode worker process (sandboxed like photo decoding). Containers and codecs come from
 an allowlist, checked by content (magic bytes, then the container FFmpeg recognises), never by the
 file name. Frames are sampled every `interval` seconds plus at scene changes (a cheap difference of
-tiny greyscale frames), at most `max_frames` per file, and turned upright from the display matrix
+tiny greyscale frames that jumps well above the recent motion), at most `max_frames` per file, and turned upright from the display matrix
 that phones write instead of rotating pixels.
 
 PyAV (FFmpeg's libraries, bundled in its wheels) is imported only here, only when a video is decoded:
@@ -33,7 +33,8 @@ SUPPORTED_CODECS = "H.264, HEVC, VP8, VP9, AV1, MPEG-4 Part 2, Motion JPEG, ProR
 ALLOWED_CONTAINERS = ("mov", "mp4", "matroska", "webm", "avi")
 
 SCENE_CHECK_SECONDS = 0.2  # how often the scene-change test looks at a frame
-SCENE_THRESHOLD = 20.0  # mean absolute difference of 32x18 greyscale frames (0..255) that counts as a cut
+SCENE_THRESHOLD = 20.0  # mean absolute difference of 32x18 greyscale frames (0..255) that counts as a cut ...
+SCENE_OVER_MOTION = 3.0  # ... when it is also this many times the recent motion (a pan is not a cut)
 SCENE_MIN_GAP = 0.25  # seconds between a scene-change frame and the frame taken before it
 THUMBNAIL_SIZE = 256  # longest side of the JPEG kept for each frame (the server never decodes videos)
 MAX_DURATION = 6 * 3600.0  # seconds: a longer claimed duration is not believed (it sets the timeout)
@@ -142,14 +143,18 @@ def _sample(
     frames: list[Frame] = []
     size = (0, 0)
     next_sample = next_check = 0.0
-    last_taken, last_small = -1e9, None
+    last_taken, last_small, motion = -1e9, None, None
     for index, frame in enumerate(_decoded(container, stream, damage)):
         t = float(frame.time) if frame.time is not None else index / float(stream.average_rate or 25)
         t = max(t, 0.0)
         scene = False
         if t >= next_check:
             small = frame.reformat(width=32, height=18, format="gray").to_ndarray().astype(np.float32)
-            scene = last_small is not None and float(np.abs(small - last_small).mean()) > SCENE_THRESHOLD
+            if last_small is not None:
+                diff = float(np.abs(small - last_small).mean())
+                scene = motion is not None and diff > SCENE_THRESHOLD and diff > SCENE_OVER_MOTION * motion
+                # Recent motion: follows a rise at once (a pan starting), decays slowly (a pan ending).
+                motion = diff if motion is None else max(diff, 0.8 * motion)
             last_small, next_check = small, t + SCENE_CHECK_SECONDS - 1e-3  # frame times are rounded
         if t >= next_sample or (scene and t - last_taken >= SCENE_MIN_GAP):
             image = _upright(frame.to_image(), _rotation(frame))

@@ -69,6 +69,24 @@ def test_interval_frames_plus_a_scene_change(ix: Index, tmp_path: Path) -> None:
     consistent(ix)
 
 
+def test_a_pan_is_not_a_scene_change(tmp_path: Path) -> None:
+    from dinosearch.records import Preprocess
+    from dinosearch.video import decode_video
+
+    from PIL import Image
+
+    # Random 16 px bars panned 24 px a frame: every check differs by more than a cut's threshold.
+    bars = np.repeat(np.random.default_rng(3).integers(0, 256, (1, 1400 // 16, 3), dtype=np.uint8), 16, axis=1)
+    wide = Image.fromarray(np.repeat(bars, 64, axis=0))
+    pan = [(i / 10, wide.crop((24 * i, 0, 24 * i + 96, 64))) for i in range(50)]  # 5 s
+    video = make_video(tmp_path / "pan.mp4", pan, seconds=5)
+    pre = Preprocess(64, 56, 56, 3, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    with open(video, "rb") as f:
+        decoded = decode_video(f, pre, options=VIDEO)
+    assert [fr.timestamp for fr in decoded.frames] == [0.0, 2.0, 4.0]
+    assert decoded.frames[0].pixels.shape == (56, 56, 3) and decoded.frames[0].thumbnail[:3] == b"\xff\xd8\xff"
+
+
 def test_max_frames_caps_a_file(ix: Index, tmp_path: Path) -> None:
     video = make_video(tmp_path / "lib" / "long.mp4", [(0.0, stills(1)[0])], seconds=6)
     ix.add(tmp_path / "lib", video=VideoOptions(interval=0.5, max_frames=3))
