@@ -57,6 +57,10 @@ class VideoOptions:
     interval: float = 2.0  # seconds between sampled frames
     max_frames: int = 200  # frames per file at most (the interval widens to fit long videos)
 
+    def __post_init__(self) -> None:
+        if not self.interval > 0 or self.max_frames < 1:
+            raise ValueError(f"video sampling needs an interval > 0 s and at least 1 frame, not {self.interval} s and {self.max_frames}")
+
 
 @dataclass(frozen=True)
 class Preprocess:

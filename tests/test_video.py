@@ -207,6 +207,13 @@ def test_video_without_pyav_is_one_line_and_photos_still_index(env: dict[str, st
     assert json.loads(done.stdout)["added"] == 1
 
 
+def test_video_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="interval > 0"):
+        VideoOptions(interval=0)
+    with pytest.raises(ValueError, match="at least 1 frame"):
+        VideoOptions(max_frames=0)
+
+
 def test_timestamp_format() -> None:
     assert format_timestamp(83.44) == "00:01:23.4"
     assert format_timestamp(3600 * 2 + 5.06) == "02:00:05.1"
