@@ -1,7 +1,7 @@
 """dinosearch: local-first image similarity search with DINOv2, FAISS and SQLite.
 
 Public API (imported lazily, so `import dinosearch` and the CLI start fast):
-    Index, Hit, Failure, IndexReport, Stats, DinosearchError
+    Index, Hit, Failure, IndexReport, Stats, VideoOptions, DinosearchError
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ _EXPORTS = {
     "IndexReport": "dinosearch.records",
     "Stats": "dinosearch.records",
     "ModelFingerprint": "dinosearch.records",
+    "VideoOptions": "dinosearch.records",
     "DinosearchError": "dinosearch.errors",
 }
 

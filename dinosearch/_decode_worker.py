@@ -20,8 +20,10 @@ from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
 from .decode import CodecOutput, DecodeError, Decoded, decode  # noqa: E402
-from .read import Unreadable, Vanished, content_hash, read_whole  # noqa: E402
-from .records import MAX_PIXELS, FailureKind, Preprocess  # noqa: E402
+from .read import Unreadable, Vanished, content_hash, hash_fd, open_regular, read_whole  # noqa: E402
+from .records import MAX_PIXELS, FailureKind, Preprocess, VideoOptions  # noqa: E402
+from .video import DecodedVideo, decode_video  # noqa: E402
+
 
 VANISHED = "vanished"  # the failure kind of a file that is gone: not recorded as a failure
 
@@ -38,8 +40,24 @@ class FileIdentity:
 
 
 @dataclass(frozen=True)
+class VideoRequest:
+    """A video to sample into frames: always by path (videos are read in chunks, never whole)."""
+
+    path: str
+    options: VideoOptions
+
+
+@dataclass(frozen=True)
+class VideoDuration:
+    """Sent before the reply to a VideoRequest, once the container says how long the video is: the
+    pool extends that file's timeout by it."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
 class WorkerDecoded:
-    decoded: Decoded
+    decoded: Decoded | DecodedVideo
     read: FileIdentity | None  # set when the request was a path
 
 
@@ -111,7 +129,7 @@ def worker_main(conn: Any, pre: Preprocess, max_pixels: int = MAX_PIXELS, memory
         if source is None:
             return
         codec.clear()
-        reply = _decode_one(source, pre, max_pixels, faults)
+        reply = _decode_one(source, pre, max_pixels, faults, conn)
         source = None  # don't hold the bytes while idle
         said = codec.said() if isinstance(reply, WorkerFailed) and reply.kind != VANISHED else ""
         if said:  # what the codec wrote to stderr, instead of the terminal: it can say what is wrong
@@ -119,9 +137,13 @@ def worker_main(conn: Any, pre: Preprocess, max_pixels: int = MAX_PIXELS, memory
         conn.send(reply)
 
 
-def _decode_one(source: bytes | str, pre: Preprocess, max_pixels: int, faults: bool) -> WorkerDecoded | WorkerFailed:
+def _decode_one(
+    source: bytes | str | VideoRequest, pre: Preprocess, max_pixels: int, faults: bool, conn: Any
+) -> WorkerDecoded | WorkerFailed:
     read = None
     try:
+        if isinstance(source, VideoRequest):
+            return _decode_video(source, pre, max_pixels, conn)
         if isinstance(source, str):
             f = read_whole(source)
             data = f.data
@@ -136,6 +158,19 @@ def _decode_one(source: bytes | str, pre: Preprocess, max_pixels: int, faults: b
     except (Unreadable, DecodeError) as exc:
         return WorkerFailed(exc.kind, exc.message)
     except MemoryError:
-        return WorkerFailed(FailureKind.TOO_LARGE, "ran out of memory decoding this image; downscale it and try again")
+        return WorkerFailed(FailureKind.TOO_LARGE, "ran out of memory decoding this file; downscale it and try again")
+    except ImportError:  # PyAV missing in the worker: `index --video` checks for it before any file
+        return WorkerFailed(FailureKind.CRASHED, "videos need PyAV: pip install 'dinosearch[video]'")
     except Exception as exc:  # noqa: BLE001 - a codec bug is still only this file's failure
         return WorkerFailed(FailureKind.CORRUPT, f"the decoder failed ({type(exc).__name__}); re-export the file")
+
+
+def _decode_video(request: VideoRequest, pre: Preprocess, max_pixels: int, conn: Any) -> WorkerDecoded:
+    """Hash the video through one descriptor, then decode its frames from the same descriptor."""
+    fd, st = open_regular(request.path)
+    with os.fdopen(fd, "rb") as f:
+        read = FileIdentity(st.st_size, st.st_mtime_ns, hash_fd(fd))
+        f.seek(0)
+        decoded = decode_video(f, pre, options=request.options, max_pixels=max_pixels,
+                               on_duration=lambda seconds: conn.send(VideoDuration(seconds)))
+    return WorkerDecoded(decoded, read)

@@ -27,7 +27,7 @@ from .metadata import MetadataRows, read_metadata, resolve
 from .model import ModelSlot
 from .query import ImageLike, QueryVectors, Term, as_term
 from .refine import refined
-from .records import MAX_PIXELS, Failure, Hit, IndexReport, ModelFingerprint, Stats
+from .records import MAX_PIXELS, Failure, Hit, IndexReport, ModelFingerprint, Stats, VideoOptions
 from .search import search
 from .store.catalogue import Catalogue
 from .store.layout import DB_NAME, GENERATION_KEY, index_fields
@@ -99,12 +99,15 @@ class Index:
         progress: Callable[[int, int], None] | None = None,
         decode_timeout: float = 60.0,
         max_pixels: int = MAX_PIXELS,
+        video: VideoOptions | None = None,
     ) -> IndexReport:
         """Index (or re-index) folders and files; only what changed since the last run is done.
 
         `metadata`: a CSV or JSON-lines file whose `path` column (relative to a PATH) names an image;
         its other columns are attached to that image. Rows naming unknown files are reported.
-        Raises PathNotFoundError, IndexLockedError, ModelLoadError, ModelMismatchError.
+        `video`: also index videos, one row per sampled frame (needs PyAV: the `video` extra).
+        Raises PathNotFoundError, IndexLockedError, ModelLoadError, ModelMismatchError, and
+        DinosearchError for `video` without PyAV.
         """
         from . import index as indexer
 
@@ -128,6 +131,7 @@ class Index:
                 follow_symlinks=follow_symlinks,
                 progress=progress,
                 on_changes=lambda upserted, removed: changes.append(Changes(base_version, upserted, removed)),
+                video=video,
             )
             if rows is not None:
                 report = self._attach_metadata(rows, [os.path.abspath(os.fspath(p)) for p in paths], report)
@@ -164,6 +168,10 @@ class Index:
         """path, size, mtime_ns, content_hash and format of an indexed image, or None."""
         return self.catalogue.file_of(int(image_id))
 
+    def thumbnail_of(self, image_id: int) -> bytes | None:
+        """A video frame's JPEG thumbnail, stored at indexing; None for a photo or an unknown id."""
+        return self.catalogue.thumbnail_of(int(image_id))
+
     def vector_of(self, image: ImageLike) -> tuple[np.ndarray, int | None]:
         """One query image -> ((dim,) unit vector, the id of the same indexed file or None).
 
@@ -188,6 +196,7 @@ class Index:
         collapse: float | None = None,
         exact: bool = False,
         nprobe: int | None = None,
+        all_frames: bool = False,
     ) -> list[Hit]:
         """Images like these and, with `minus`, unlike those.
 
@@ -195,15 +204,15 @@ class Index:
         query.Term (an indexed id, a region: `Term(image="a.jpg", crop=Crop(0.1, 0.1, 0.5, 0.5))`).
         The query vector is query.combine's: the weighted mean of the positives minus
         query.NEGATIVE_WEIGHT times the weighted mean of `minus`, normalised. Indexed images named on
-        either side never appear in the results. `within`, `collapse`, `exact`, `nprobe`: see
-        search_vector. Raises ImageError, QueryError, FetchError, UnknownImageError.
+        either side never appear in the results. `within`, `collapse`, `exact`, `nprobe`, `all_frames`:
+        see search_vector. Raises ImageError, QueryError, FetchError, UnknownImageError.
         """
         if not images:
             raise ImageError("no query image given")
         query = self.queries.build([as_term(i) for i in images] + [as_term(m, negative=True) for m in minus])
         return self.search_vector(
             query.vector, k=k, min_score=min_score, where=where, exclude_ids=query.exclude_ids,
-            within=within, collapse=collapse, exact=exact, nprobe=nprobe,
+            within=within, collapse=collapse, exact=exact, nprobe=nprobe, all_frames=all_frames,
         )
 
     def search_vector(
@@ -218,6 +227,7 @@ class Index:
         collapse: float | None = None,
         exact: bool = False,
         nprobe: int | None = None,
+        all_frames: bool = False,
     ) -> list[Hit]:
         """Nearest images to a (dim,) vector (normalised here).
 
@@ -225,7 +235,8 @@ class Index:
         cosine distance T (1 - cosine <= T) of a better-ranked one is folded into it (`Hit.folded`
         lists the ids folded into each); k then counts what is left. `exact`: search every stored
         vector exactly (slow on a large index); `nprobe`: lists an IVF index searches (more: higher
-        recall, slower). Raises QueryError for a negative D or T.
+        recall, slower). A video counts once, by its best frame (`Hit.timestamp`), unless
+        `all_frames`. Raises QueryError for a negative D or T.
         """
         loaded = self.refresh()
         if loaded is None:
@@ -235,7 +246,7 @@ class Index:
             raise DinosearchError(f"the query vector has {q.shape[0]} dimensions, the index {loaded.index.d}")
         return refined(
             lambda n: search(self.catalogue, loaded, q, k=n, min_score=min_score, exclude_ids=exclude_ids, where=where,
-                             exact=exact, nprobe=nprobe),
+                             exact=exact, nprobe=nprobe, all_frames=all_frames),
             k=k, within_distance=within, collapse_threshold=collapse, vector_of=self.catalogue.vector_of,
         )
 

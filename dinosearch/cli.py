@@ -13,7 +13,7 @@ import typer
 from . import settings
 from .errors import DinosearchError
 from .filters import FilterError, parse_where
-from .records import display_path
+from .records import VideoOptions, display_path, format_timestamp
 
 if TYPE_CHECKING:
     from .api import Index
@@ -107,6 +107,9 @@ def index(
     metadata: Optional[Path] = typer.Option(
         None, "--metadata", help="CSV or JSON-lines file: a `path` column relative to PATH, other columns attached"
     ),
+    video: bool = typer.Option(False, "--video", help="Also index videos (MP4/MOV, WebM/MKV, AVI) as frames; needs pip install 'dinosearch[video]'"),
+    video_interval: float = typer.Option(2.0, "--video-interval", min=0.1, help="Seconds between sampled video frames (plus scene changes)"),
+    video_max_frames: int = typer.Option(200, "--video-max-frames", min=1, help="Frames per video at most"),
     as_json: bool = JsonOpt,
     index_type: Optional[str] = typer.Option(
         None, "--index-type",
@@ -118,6 +121,7 @@ def index(
     ),
 ) -> None:
     """Index images under PATHs; re-running only does the work that changed."""
+    videos = VideoOptions(interval=video_interval, max_frames=video_max_frames) if video else None
 
     def go() -> None:
         ix = _open(index, create=True, model=model or settings.model_from_env(), device=device.value,
@@ -125,7 +129,7 @@ def index(
                    index_type=index_type, index_memory_mb=index_memory)
         with ix, _progress(enabled=not as_json and sys.stderr.isatty()) as progress:
             limit = {"max_pixels": max_pixels} if max_pixels else {}
-            report = ix.add(*paths, follow_symlinks=follow_symlinks, metadata=metadata, progress=progress, **limit)
+            report = ix.add(*paths, follow_symlinks=follow_symlinks, metadata=metadata, progress=progress, video=videos, **limit)
         if not (report.added or report.updated or report.unchanged or report.failed or report.removed):
             _err(f"warning: no images found under {', '.join(_safe(display_path(str(p))) for p in paths)}")
         for w in report.warnings:
@@ -173,6 +177,7 @@ def query(
     device: Device = typer.Option(Device.auto, "--device", help="Where the model runs, if needed"),
     backend: Backend = BackendOpt,
     precision: Precision = PrecisionOpt,
+    all_frames: bool = typer.Option(False, "--all-frames", help="Every matching video frame, not only each video's best"),
     as_json: bool = JsonOpt,
     exact: bool = typer.Option(False, "--exact", help="Compare with every stored vector (exact, slower on a large index)"),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", min=1, help="Lists an IVF index searches [default: its tuned nprobe]"),
@@ -196,7 +201,7 @@ def query(
             if ix.catalogue.count_images() == 0:
                 raise DinosearchError(f"the index at {ix.dir} holds no images; add some with `dinosearch index PATH`")
             hits = ix.search(*terms.positives, minus=terms.negatives, k=k, min_score=min_score, where=filters,
-                             within=within, collapse=collapse, exact=exact, nprobe=nprobe)
+                             within=within, collapse=collapse, exact=exact, nprobe=nprobe, all_frames=all_frames)
             unknown = [key for key in filters if not hits and not ix.catalogue.has_metadata_key(key)]
             if unknown:
                 raise DinosearchError(
@@ -209,7 +214,8 @@ def query(
             typer.echo("no results")
         for h in hits:
             folded = f"  +{len(h.folded)} near-identical" if h.folded else ""
-            typer.echo(f"{h.rank:>3}  {h.score:.3f}  {_safe(display_path(h.path))}{_describe(h.metadata)}{folded}")
+            at = f" @ {format_timestamp(h.timestamp)}" if h.timestamp is not None else ""
+            typer.echo(f"{h.rank:>3}  {h.score:.3f}  {_safe(display_path(h.path))}{at}{_describe(h.metadata)}{folded}")
 
     _run(go)
 

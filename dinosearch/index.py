@@ -20,15 +20,17 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ._decode_worker import VANISHED
+from ._decode_worker import VANISHED, VideoRequest
 from .decode import Decoded
 from .embed import Embedder
 from .errors import DinosearchError
 from .plan import Plan, plan
 from .read import content_hash as content_hash  # re-exported: the hash the catalogue stores
-from .records import MAX_PIXELS, ImageFile, IndexReport
-from .route import Failed, Reuse, Router, ToDecode
-from .store.catalogue import Catalogue, vector_bytes
+from .records import MAX_PIXELS, ImageFile, IndexReport, VideoOptions
+from .route import Failed, Reuse, ReuseFrames, Router, ToDecode
+from .store.catalogue import Catalogue, FrameRow, vector_bytes
+from .video import INSTALL_HINT, DecodedVideo
+from .video import available as video_available
 from .workers import DecodeDone, DecodeFailed, DecodePool
 from .writer import Writer
 
@@ -49,6 +51,7 @@ def run(
     commit_every: int = 256,
     commit_seconds: float = 5.0,
     on_changes: Callable[[tuple[int, ...], tuple[int, ...]], None] | None = None,
+    video: VideoOptions | None = None,
 ) -> tuple[IndexReport, bool]:
     """Index `roots` into the catalogue. Returns the report and whether the catalogue changed.
 
@@ -57,23 +60,27 @@ def run(
 
     `load_embedder` is called at most once, and only when some file's content is new: re-indexing an
     unchanged tree, or one where files were only renamed or copied, never loads the model.
-    Raises PathNotFoundError, and DinosearchError when no decoder can start.
+    `video`: also index video files, sampled into frames this way (None: videos are left as they are).
+    Raises PathNotFoundError, and DinosearchError when no decoder can start or `video` is asked for
+    without PyAV.
     """
+    if video is not None and not video_available():
+        raise DinosearchError(f"--video needs PyAV (FFmpeg's libraries): {INSTALL_HINT}")
     started = time.monotonic()
     # The model's OpenMP threads should sleep, not spin, between operations: spinning threads steal
     # the cores the decode workers need (measured on 2 cores: +35% images/s). Only takes effect when
     # torch is imported after this (the CLI's case); a user's setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    p = plan(catalogue, [os.path.abspath(r) for r in roots], follow_symlinks=follow_symlinks)
+    p = plan(catalogue, [os.path.abspath(r) for r in roots], follow_symlinks=follow_symlinks, video=video is not None)
     writer = Writer(catalogue, p, commit_every=commit_every, commit_seconds=commit_seconds)
     try:
         if p.todo:
             _LocalRun(catalogue, p, writer, load_embedder, batch_size=batch_size, workers=workers,
-                      decode_timeout=decode_timeout, max_pixels=max_pixels).run(progress)
+                      decode_timeout=decode_timeout, max_pixels=max_pixels, video=video).run(progress)
     finally:
         writer.commit()  # keep whatever finished, also when interrupted
     result = writer.finish(started)
-    if on_changes is not None:
+    if on_changes is not None and writer.exact_changes:  # otherwise the vector index is rebuilt
         on_changes(tuple(writer.upserted), tuple(writer.removed_ids))
     return result
 
@@ -91,8 +98,10 @@ class _LocalRun:
     """Routing in a thread, decoding in a process pool, embedding in this thread, writes via `writer`."""
 
     def __init__(self, catalogue: Catalogue, p: Plan, writer: Writer, load_embedder: Callable[[], Embedder], *,
-                 batch_size: int | None, workers: int | None, decode_timeout: float, max_pixels: int):
+                 batch_size: int | None, workers: int | None, decode_timeout: float, max_pixels: int,
+                 video: VideoOptions | None = None):
         self.catalogue, self.plan, self.writer = catalogue, p, writer
+        self.video = video or VideoOptions()
         self.load_embedder = load_embedder
         self.batch_size, self.decode_timeout, self.max_pixels = batch_size, decode_timeout, max_pixels
         cpus = os.cpu_count() or 1
@@ -147,7 +156,10 @@ class _LocalRun:
     def _feed(self, pool: DecodePool[ToDecode]) -> None:
         """Move files into the decode pool (blocks while the workers are busy: bounded memory)."""
         for item in self.router.files_to_decode():
-            pool.submit(item, item.data if item.data is not None else item.file.path)
+            if item.file.video:
+                pool.submit(item, VideoRequest(item.file.path, self.video))
+            else:
+                pool.submit(item, item.data if item.data is not None else item.file.path)
 
     def _take(self, item: object) -> None:
         """One routed or decoded record -> a row, a failure, or a place in the next batch."""
@@ -161,6 +173,8 @@ class _LocalRun:
                 w.fail(item.task.file, item.error, item.message)
         elif isinstance(item, Reuse):
             w.add(item.file, item.content_hash, item.vector)
+        elif isinstance(item, ReuseFrames):
+            w.add_frames(item.file, item.content_hash, list(item.frames))
         elif isinstance(item, Failed):
             w.fail(item.file, item.error, item.message)
         # Gone: deleted between the walk and the read; the next run sweeps it
@@ -173,10 +187,30 @@ class _LocalRun:
             stored = self.catalogue.vector_for_hash(h)  # a copy of a file indexed under another root
         assert h is not None
         d = item.decoded
+        if isinstance(d, DecodedVideo):
+            self._video(f, h, d)
+            return
         if stored is not None:
             self.writer.add(f, h, stored, width=d.width, height=d.height, format=d.format)
         else:
             self.batch.append(_Pending(f, h, d))
+
+    def _video(self, f: ImageFile, h: str, d: DecodedVideo) -> None:
+        """A decoded video: its frames embedded now, in batches, and written together (one commit
+        replaces its old frames). A copy of an indexed video reuses that video's frames."""
+        stored = self.catalogue.frames_for_hash(h)
+        if stored:
+            self.writer.add_frames(f, h, stored)
+            return
+        self._flush()  # photos waiting first: this video's model time must not hold them back
+        frames: list[FrameRow] = []
+        step = self._batch_limit()
+        for start in range(0, len(d.frames), step):
+            part = d.frames[start : start + step]
+            vectors = self.embedder.embed(np.stack([fr.pixels for fr in part]))
+            frames += [FrameRow(fr.timestamp, vector_bytes(v), fr.thumbnail, d.width, d.height, d.format)
+                       for fr, v in zip(part, vectors)]
+        self.writer.add_frames(f, h, frames, embedded=len(frames))
 
     def _batch_limit(self) -> int:
         return self.batch_size or (self.embedder.batch_size if self.embedder is not None else 16)

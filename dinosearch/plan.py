@@ -2,7 +2,9 @@
 
 A file whose size and mtime match its row is unchanged; one that failed before, as it is now, in a
 way that trying again cannot change is skipped; indexed files no longer found are to be swept, except
-under a root that is missing, empty (unmounted?) or unlistable, whose rows are always kept.
+under a root that is missing, empty (unmounted?) or unlistable, whose rows are always kept. Video
+files are planned like photos with `video`; without it they are left as they are (neither indexed
+nor swept), so a run without --video never drops indexed videos.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class Plan:
     failed_before: dict[str, FailedBefore] = field(default_factory=dict)  # failures recorded under the roots
 
 
-def plan(catalogue: Catalogue, roots: list[str], *, follow_symlinks: bool = False) -> Plan:
+def plan(catalogue: Catalogue, roots: list[str], *, follow_symlinks: bool = False, video: bool = False) -> Plan:
     """Walk `roots` (absolute paths) and compare with the catalogue. Raises PathNotFoundError."""
     walks: dict[str, WalkResult] = {}
     for root in roots:
@@ -58,6 +60,8 @@ def plan(catalogue: Catalogue, roots: list[str], *, follow_symlinks: bool = Fals
             if f.path in seen:
                 continue  # overlapping roots
             seen.add(f.path)
+            if f.video and not video:
+                continue  # found, so never swept; indexed only with --video
             k = known.get(f.path)
             if k is not None and k.size == f.size and k.mtime_ns == f.mtime_ns:
                 unchanged += 1

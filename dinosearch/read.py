@@ -38,8 +38,8 @@ class Unreadable(Exception):
         self.kind, self.message = kind, message
 
 
-def read_whole(path: str) -> FileBytes:
-    """The file's bytes with the size and mtime they had. Raises Vanished or Unreadable.
+def open_regular(path: str) -> tuple[int, os.stat_result]:
+    """An open descriptor on a regular file, with its fstat. Raises Vanished or Unreadable; the caller closes it.
 
     O_NONBLOCK: a file swapped for a FIFO after the walk must not hang the run.
     """
@@ -53,8 +53,19 @@ def read_whole(path: str) -> FileBytes:
         raise Unreadable(FailureKind.UNREADABLE, f"cannot open the file ({exc.strerror}); check it and run again") from None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise Vanished(path)
+    except OSError as exc:
+        os.close(fd)
+        raise Unreadable(FailureKind.UNREADABLE, f"cannot stat the file ({exc.strerror}); check it and run again") from None
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise Vanished(path)
+    return fd, st
+
+
+def read_whole(path: str) -> FileBytes:
+    """The file's bytes with the size and mtime they had. Raises Vanished or Unreadable."""
+    fd, st = open_regular(path)
+    try:
         if st.st_size > MAX_FILE_BYTES:
             raise Unreadable(FailureKind.TOO_LARGE, f"the file is {st.st_size >> 20} MiB, over the {MAX_FILE_BYTES >> 20} MiB limit")
         chunks = []
@@ -66,5 +77,33 @@ def read_whole(path: str) -> FileBytes:
         return FileBytes(st.st_size, st.st_mtime_ns, b"".join(chunks))
     except OSError as exc:
         raise Unreadable(FailureKind.UNREADABLE, f"read error ({exc.strerror}); check the disk and run again") from None
+    finally:
+        os.close(fd)
+
+
+def hash_fd(fd: int) -> str:
+    """content_hash of everything an open descriptor reads from its current offset, in bounded memory
+    (videos are far larger than photos)."""
+    h = hashlib.blake2b(digest_size=16)
+    try:
+        while chunk := os.read(fd, 1 << 20):
+            h.update(chunk)
+    except OSError as exc:
+        raise Unreadable(FailureKind.UNREADABLE, f"read error ({exc.strerror}); check the disk and run again") from None
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class FileHash:
+    size: int
+    mtime_ns: int
+    content_hash: str
+
+
+def hash_file(path: str) -> FileHash:
+    """The content hash of a file read in chunks, with the size and mtime it had. Raises Vanished or Unreadable."""
+    fd, st = open_regular(path)
+    try:
+        return FileHash(st.st_size, st.st_mtime_ns, hash_fd(fd))
     finally:
         os.close(fd)

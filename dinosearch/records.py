@@ -24,6 +24,8 @@ class FailureKind(str, Enum):
     UNREADABLE = "unreadable"
     TIMEOUT = "timeout"
     CRASHED = "crashed"
+    NOT_A_VIDEO = "not-a-video"  # named like a video (.mp4 ...), but not an allowed video container
+    UNSUPPORTED_CODEC = "unsupported-codec"  # a video whose codec is not on the allowlist
     NOT_FOUND = "not-found"  # a query path that does not exist (never recorded: the walk only finds files)
 
     def __str__(self) -> str:
@@ -46,6 +48,19 @@ class ImageFile:
     root: str
     size: int
     mtime_ns: int
+    video: bool = False  # named like a video: indexed as frames, with --video only
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """How videos are sampled into frames (`index --video`)."""
+
+    interval: float = 2.0  # seconds between sampled frames
+    max_frames: int = 200  # frames per file at most (the interval widens to fit long videos)
+
+    def __post_init__(self) -> None:
+        if not self.interval > 0 or self.max_frames < 1:
+            raise ValueError(f"video sampling needs an interval > 0 s and at least 1 frame, not {self.interval} s and {self.max_frames}")
 
 
 @dataclass(frozen=True)
@@ -108,6 +123,7 @@ class Hit:
     path: str
     metadata: dict[str, Any] | None = None
     folded: tuple[int, ...] | None = None  # with collapsing: ids of near-identical hits folded into this one
+    timestamp: float | None = None  # seconds into the video, for a video frame; None for a photo
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -116,10 +132,17 @@ class Hit:
             "score": round(self.score, 6),
             "path": display_path(self.path),
             "metadata": self.metadata,
+            "timestamp": self.timestamp,
         }
         if self.folded is not None:
             out["folded"] = list(self.folded)
         return out
+
+
+def format_timestamp(seconds: float) -> str:
+    """Seconds -> ``HH:MM:SS.s`` (tenths), as `query` prints a video frame's time."""
+    tenths = int(round(seconds * 10))
+    return f"{tenths // 36000:02d}:{tenths // 600 % 60:02d}:{tenths // 10 % 60:02d}.{tenths % 10}"
 
 
 @dataclass(frozen=True)

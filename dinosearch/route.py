@@ -4,7 +4,8 @@ A file the size of one already indexed under the same roots may be a rename or a
 hashed here, several at a time (hashing releases the GIL), and a content hash already in the catalogue
 reuses its stored vector (`Reuse`). Every other file goes on to a decoder by path (`ToDecode` without
 bytes), which reads, hashes and decodes it, so the bytes of new photos never pass through the indexing
-process (at GPU speeds it would be the bottleneck).
+process (at GPU speeds it would be the bottleneck). A video is hashed in chunks, never read whole, and
+a hash already indexed reuses all of that video's stored frames (`ReuseFrames`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 
-from .read import Unreadable, Vanished, content_hash, read_whole
+from .read import Unreadable, Vanished, content_hash, hash_file, read_whole
 from .records import FailureKind, ImageFile
-from .store.catalogue import Catalogue
+from .store.catalogue import Catalogue, FrameRow
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,23 @@ class Reuse:
 
 
 @dataclass(frozen=True)
+class ReuseFrames:
+    """A video whose content is indexed already: its stored frames, no decoding, no model."""
+
+    file: ImageFile
+    content_hash: str
+    frames: tuple[FrameRow, ...]
+
+
+@dataclass(frozen=True)
+class HashedVideo:
+    """A video hashed in this process (size and mtime as fstat saw them when it was hashed)."""
+
+    file: ImageFile
+    content_hash: str
+
+
+@dataclass(frozen=True)
 class Failed:
     file: ImageFile
     error: FailureKind
@@ -61,12 +79,15 @@ class Gone:
     file: ImageFile
 
 
-Routed = Reuse | Failed | Gone
+Routed = Reuse | ReuseFrames | Failed | Gone
 
 
-def read_file(f: ImageFile) -> ReadFile | Failed | Gone:
-    """Read and hash one file in this process."""
+def read_file(f: ImageFile) -> ReadFile | HashedVideo | Failed | Gone:
+    """Read and hash one file in this process (a video: hash it in chunks)."""
     try:
+        if f.video:
+            h = hash_file(f.path)
+            return HashedVideo(replace(f, size=h.size, mtime_ns=h.mtime_ns), h.content_hash)
         r = read_whole(f.path)
     except Vanished:
         return Gone(f)
@@ -120,8 +141,14 @@ class Router(threading.Thread):
                 if not self.is_alive() and self.to_decode.empty():
                     return
 
-    def _route(self, r: ReadFile | Failed | Gone) -> None:
-        if isinstance(r, ReadFile):
+    def _route(self, r: ReadFile | HashedVideo | Failed | Gone) -> None:
+        if isinstance(r, HashedVideo):
+            frames = self.catalogue.frames_for_hash(r.content_hash)
+            if frames:
+                self._put(self.out, ReuseFrames(r.file, r.content_hash, tuple(frames)))
+            else:
+                self._decode(ToDecode(r.file, r.content_hash))
+        elif isinstance(r, ReadFile):
             vector = self.catalogue.vector_for_hash(r.content_hash)
             if vector is not None:
                 self._put(self.out, Reuse(r.file, r.content_hash, vector))

@@ -14,9 +14,25 @@ IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .jpe .jfif .png .webp .gif .bmp .dib .tif .tiff .heic .heif .hif .avif".split()
 )
 
+# Extensions that say "video": found by every walk (so that a run without --video never sweeps indexed
+# videos), indexed as frames only with --video. Content decides here too (video.py).
+VIDEO_EXTENSIONS = frozenset(".mp4 .m4v .mov .webm .mkv .avi".split())
+
 
 def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def is_video_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
+
+
+def _candidate(path: str, root: str, st: os.stat_result) -> ImageFile | None:
+    if is_image_name(path):
+        return ImageFile(path, root, st.st_size, st.st_mtime_ns)
+    if is_video_name(path):
+        return ImageFile(path, root, st.st_size, st.st_mtime_ns, video=True)
+    return None
 
 
 @dataclass
@@ -27,7 +43,7 @@ class WalkResult:
 
 
 def walk(root: str, *, follow_symlinks: bool = False) -> WalkResult:
-    """Recursively list image files under `root` (a directory or a single file).
+    """Recursively list image and video files under `root` (a directory or a single file).
 
     Hidden files and folders (a leading '.') are skipped; symlinks are not followed unless asked, and
     then each directory is entered once (no loops). Only regular files are returned: a FIFO or a
@@ -37,8 +53,9 @@ def walk(root: str, *, follow_symlinks: bool = False) -> WalkResult:
     root = os.path.abspath(root)
     st = os.stat(root) if follow_symlinks else os.lstat(root)
     if stat.S_ISREG(st.st_mode):
-        if is_image_name(root):
-            result.files.append(ImageFile(root, root, st.st_size, st.st_mtime_ns))
+        found = _candidate(root, root, st)
+        if found is not None:
+            result.files.append(found)
         return result
     seen_dirs: set[tuple[int, int]] = {(st.st_dev, st.st_ino)}
     stack = [root]
@@ -64,10 +81,11 @@ def walk(root: str, *, follow_symlinks: bool = False) -> WalkResult:
                             continue
                         seen_dirs.add(key)
                     subdirs.append(entry.path)
-                elif is_image_name(entry.name) and entry.is_file(follow_symlinks=follow_symlinks):
+                elif (is_image_name(entry.name) or is_video_name(entry.name)) and entry.is_file(follow_symlinks=follow_symlinks):
                     est = entry.stat(follow_symlinks=follow_symlinks)
-                    if stat.S_ISREG(est.st_mode):
-                        result.files.append(ImageFile(entry.path, root, est.st_size, est.st_mtime_ns))
+                    found = _candidate(entry.path, root, est) if stat.S_ISREG(est.st_mode) else None
+                    if found is not None:
+                        result.files.append(found)
             except OSError:
                 # A broken symlink, a symlink loop or a file deleted under us: nothing to index.
                 continue

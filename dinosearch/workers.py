@@ -17,14 +17,19 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any, Generic, TypeVar
 
-from ._decode_worker import READY, FileIdentity, WorkerDecoded, WorkerFailed, worker_main
+from ._decode_worker import READY, FileIdentity, VideoDuration, VideoRequest, WorkerDecoded, WorkerFailed, worker_main
 from .decode import Decoded
+from .video import DecodedVideo
 from .records import MAX_PIXELS, FailureKind, Preprocess
 
 DEFAULT_TIMEOUT = 60.0  # seconds one file may take to decode
 DEFAULT_MEMORY_LIMIT = 4 << 30  # address space of one worker, bytes
 STARTUP_TIMEOUT = 120.0  # seconds a new worker may take to start (not counted against any file)
 MAX_STARTUP_FAILURES = 3  # workers dying before they are ready, in a row, before files are failed
+# A video's timeout: the file's timeout plus this many seconds per second of video. Decoding 1080p H.264
+# in order on one busy core ran at ~2x real time (see the video benchmark); 4K or a loaded machine is
+# slower, and a timeout must only stop a decoder that is stuck.
+VIDEO_SECONDS_PER_SECOND = 4.0
 
 
 T = TypeVar("T")  # the caller's task: whatever it needs to know which file a result is for
@@ -33,7 +38,7 @@ T = TypeVar("T")  # the caller's task: whatever it needs to know which file a re
 @dataclass(frozen=True)
 class DecodeDone(Generic[T]):
     task: T
-    decoded: Decoded
+    decoded: Decoded | DecodedVideo
     read: FileIdentity | None = None  # when the worker read the file itself: the identity of those bytes
 
 
@@ -64,6 +69,7 @@ class _Worker:
                 os.close(saved)
         child.close()
         self.task: Any = None
+        self.limit = 0.0  # seconds the current task may take (a video's grows with its duration)
         # Until the worker says it is ready (imports done), its deadline is a startup deadline, and it
         # is given no file: a file's timeout never includes a spawn on a busy machine.
         self.ready = False
@@ -131,8 +137,9 @@ class DecodePool(Generic[T]):
         """Why no decode worker can start at all (every file then fails with this), else None."""
         return self._broken
 
-    def submit(self, task: T, source: bytes | str) -> None:
-        """Decode `source`: a file's bytes, or its path (read and hashed by the worker; see DecodeDone.read).
+    def submit(self, task: T, source: bytes | str | VideoRequest) -> None:
+        """Decode `source`: a file's bytes, or its path (read and hashed by the worker; see DecodeDone.read),
+        or a video to sample (DecodeDone.decoded is then a DecodedVideo).
 
         Blocks while every worker is busy and the inbox is full (bounded memory)."""
         while not self._stop.is_set():
@@ -197,7 +204,7 @@ class DecodePool(Generic[T]):
                     self._replace(i)
                     self._retry.append((task, source))
                     continue
-                w.task, w.deadline = task, time.monotonic() + self._timeout
+                w.task, w.deadline, w.limit = task, time.monotonic() + self._timeout, self._timeout
 
     def _collect(self, ready: list[Any]) -> None:
         """Replies, exits and deadlines of the workers: every task ends in exactly one result."""
@@ -215,6 +222,10 @@ class DecodePool(Generic[T]):
                 if reply == READY and not w.ready:
                     w.ready = True
                     self._startup_failures = 0
+                    continue
+                if isinstance(reply, VideoDuration) and w.task is not None:
+                    w.limit = self._timeout + VIDEO_SECONDS_PER_SECOND * reply.seconds
+                    w.deadline = now + w.limit
                     continue
                 if reply is not None and w.task is not None:
                     task, w.task = w.task, None
@@ -240,7 +251,7 @@ class DecodePool(Generic[T]):
                     DecodeFailed(
                         w.task,
                         FailureKind.TIMEOUT,
-                        f"decoding took longer than {self._timeout:g} s and was stopped; "
+                        f"decoding took longer than {w.limit:g} s and was stopped; "
                         "the file may be hostile — re-export it",
                     )
                 )

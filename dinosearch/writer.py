@@ -10,7 +10,7 @@ import time
 
 from .plan import Plan, retry_note
 from .records import IndexReport, ImageFile
-from .store.catalogue import Catalogue, FailureRow, ImageRow
+from .store.catalogue import Catalogue, FailureRow, FrameRow, ImageRow, Known
 
 
 class Writer:
@@ -24,8 +24,10 @@ class Writer:
         self.changed = False  # whether anything was committed
         self.upserted: list[int] = []  # ids of the rows this run wrote (new, or new content under an old id)
         self.removed_ids: list[int] = []  # ids of the rows this run deleted (files gone, or failing now)
+        self.exact_changes = True  # whether upserted and removed_ids are the whole of this run's changes
         self._rows: list[ImageRow] = []
         self._failures: list[FailureRow] = []
+        self._replace: list[str] = []  # paths whose rows are all replaced (videos, whose frames change)
         self._last_commit = time.monotonic()
 
     def add(
@@ -40,16 +42,34 @@ class Writer:
         embedded: bool = False,
     ) -> None:
         """A file's row: a new image, or new content for the id its path already has."""
+        k = self._count(f)
+        self.embedded += embedded
+        if k is not None and k.video:  # was a video's frames: they all go
+            self._replace.append(f.path)
+            k = None
+        self._rows.append(
+            ImageRow(f.path, f.root, f.size, f.mtime_ns, content_hash, vector, width=width, height=height,
+                     format=format, id=k.id if k else None)
+        )
+
+    def add_frames(self, f: ImageFile, content_hash: str, frames: list[FrameRow], *, embedded: int = 0) -> None:
+        """A video's rows, one per frame, replacing whatever rows its path had. All in one commit."""
+        self._count(f)
+        self.embedded += embedded
+        self._replace.append(f.path)
+        self._rows.extend(
+            ImageRow(f.path, f.root, f.size, f.mtime_ns, content_hash, fr.vector, width=fr.width, height=fr.height,
+                     format=fr.format, timestamp=fr.timestamp, thumbnail=fr.thumbnail)
+            for fr in frames
+        )
+
+    def _count(self, f: ImageFile) -> Known | None:
         k = self.plan.known.get(f.path)
         if k is not None:
             self.updated += 1
         else:
             self.added += 1
-        self.embedded += embedded
-        self._rows.append(
-            ImageRow(f.path, f.root, f.size, f.mtime_ns, content_hash, vector, width=width, height=height,
-                     format=format, id=k.id if k else None)
-        )
+        return k
 
     def fail(self, f: ImageFile, error: str, message: str) -> None:
         self.failed += 1
@@ -61,11 +81,14 @@ class Writer:
             self.commit()
 
     def commit(self) -> None:
-        if self._rows or self._failures:
-            self.upserted += self.catalogue.write(self._rows, self._failures)
+        if self._rows or self._failures or self._replace:
+            self.upserted += self.catalogue.write(self._rows, self._failures, replace_paths=self._replace)
             self.removed_ids += [k.id for f in self._failures if (k := self.plan.known.get(f.path)) is not None]
+            # A video's rows are many per path: which ids went is not tracked here, so the vector
+            # index is rebuilt from SQLite rather than updated in place.
+            self.exact_changes = self.exact_changes and not self._replace
             self.changed = True
-        self._rows, self._failures, self._last_commit = [], [], time.monotonic()
+        self._rows, self._failures, self._replace, self._last_commit = [], [], [], time.monotonic()
 
     def finish(self, started: float) -> tuple[IndexReport, bool]:
         """Commit what is left, sweep rows of files gone from disk; (the report, whether anything changed)."""
@@ -73,6 +96,7 @@ class Writer:
         p = self.plan
         removed = self.catalogue.remove(p.gone, p.gone_failures) if (p.gone or p.gone_failures) else 0
         self.removed_ids += [p.known[path].id for path in p.gone if path in p.known]
+        self.exact_changes = self.exact_changes and not any(p.known[path].video for path in p.gone if path in p.known)
         report = IndexReport(
             added=self.added,
             updated=self.updated,

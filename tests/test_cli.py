@@ -44,7 +44,7 @@ def test_index_query_stats_failures_json(env: dict, photos: list[Path], tmp_path
     assert code == 0
     results = json.loads(out)["results"]
     assert [r["rank"] for r in results] == [1, 2, 3]
-    assert all(set(r) == {"rank", "id", "score", "path", "metadata"} for r in results)
+    assert all(set(r) == {"rank", "id", "score", "path", "metadata", "timestamp"} for r in results)
     assert results[0]["path"] == str(photos[2])
     scores = [r["score"] for r in results]
     assert scores == sorted(scores, reverse=True)

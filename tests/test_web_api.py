@@ -16,7 +16,7 @@ from PIL import Image
 from tests.images import jpeg_bytes, photo
 from tests.test_web_support import PRODUCTS, ROTATED, LiveServer, copy_index, ids_by_name, shared_index
 
-RESULT_FIELDS = {"rank", "id", "score", "name", "metadata", "thumbnail_url", "image_url"}
+RESULT_FIELDS = {"rank", "id", "score", "name", "metadata", "thumbnail_url", "image_url", "timestamp"}
 
 
 @pytest.fixture(scope="module")

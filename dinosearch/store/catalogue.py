@@ -17,7 +17,7 @@ from .layout import DB_NAME, VERSION_KEY, disk_bytes
 from .schema import failures, image_meta, images, settings
 
 # Row records and encodings live in rows.py; re-exported here, where callers meet them.
-from .rows import CHUNK, FailureRow, ImageRow, Known, chunks, path_key, path_of, prefix_range, vector_bytes, vector_from  # noqa: E402,F401
+from .rows import CHUNK, FailureRow, FrameRow, ImageRow, Known, chunks, path_key, path_of, prefix_range, vector_bytes, vector_from  # noqa: E402,F401
 
 
 class Catalogue:
@@ -57,13 +57,13 @@ class Catalogue:
     def known_under(self, roots: Iterable[str]) -> dict[str, Known]:
         """Every indexed path at or below the roots -> what is known of it."""
         out: dict[str, Known] = {}
-        cols = (images.c.path, images.c.id, images.c.size, images.c.mtime_ns, images.c.content_hash)
+        cols = (images.c.path, images.c.id, images.c.size, images.c.mtime_ns, images.c.content_hash, images.c.timestamp)
         with self.engine.connect() as conn:
             for root in roots:
                 lo, hi = prefix_range(root)
                 q = select(*cols).where(((images.c.path >= lo) & (images.c.path < hi)) | (images.c.path == path_key(root)))
-                for key, id_, size, mtime, h in conn.execute(q):
-                    out[path_of(key)] = Known(id_, size, mtime, h)
+                for key, id_, size, mtime, h, ts in conn.execute(q):
+                    out[path_of(key)] = Known(id_, size, mtime, h, video=ts is not None)  # a video: any frame's row
         return out
 
     def failures_under(self, roots: Iterable[str]) -> dict[str, tuple[int, int, str, str]]:
@@ -80,10 +80,34 @@ class Catalogue:
         return out
 
     def vector_for_hash(self, content_hash: str) -> bytes | None:
+        """The stored vector of a photo with this content (never a video frame's)."""
         with self.engine.connect() as conn:
             return conn.execute(
-                select(images.c.vector).where(images.c.content_hash == content_hash).limit(1)
+                select(images.c.vector)
+                .where((images.c.content_hash == content_hash) & images.c.timestamp.is_(None))
+                .limit(1)
             ).scalar()
+
+    def frames_for_hash(self, content_hash: str) -> list[FrameRow]:
+        """The stored frames of a video with this content (one file's, in time order), or []."""
+        cols = (images.c.timestamp, images.c.vector, images.c.thumbnail, images.c.width, images.c.height, images.c.format)
+        with self.engine.connect() as conn:
+            path = conn.execute(
+                select(images.c.path)
+                .where((images.c.content_hash == content_hash) & images.c.timestamp.is_not(None))
+                .limit(1)
+            ).scalar()
+            if path is None:
+                return []
+            rows = conn.execute(
+                select(*cols).where((images.c.path == path) & images.c.timestamp.is_not(None)).order_by(images.c.timestamp)
+            )
+            return [FrameRow(*r) for r in rows]
+
+    def thumbnail_of(self, image_id: int) -> bytes | None:
+        """A video frame's stored JPEG; None for a photo or an unknown id."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(images.c.thumbnail).where(images.c.id == image_id)).scalar()
 
     def lookup_path(self, path: str) -> tuple[Known, np.ndarray] | None:
         cols = (images.c.id, images.c.size, images.c.mtime_ns, images.c.content_hash, images.c.vector)
@@ -94,13 +118,15 @@ class Catalogue:
         return Known(row[0], row[1], row[2], row[3]), vector_from(row[4])
 
     def file_of(self, image_id: int) -> dict[str, Any] | None:
-        """What the catalogue knows of one image's file: path, size, mtime_ns, content_hash, format."""
-        cols = (images.c.path, images.c.size, images.c.mtime_ns, images.c.content_hash, images.c.format)
+        """What the catalogue knows of one image's file: path, size, mtime_ns, content_hash, format, timestamp
+        (seconds into the video for a frame, else None)."""
+        cols = (images.c.path, images.c.size, images.c.mtime_ns, images.c.content_hash, images.c.format, images.c.timestamp)
         with self.engine.connect() as conn:
             row = conn.execute(select(*cols).where(images.c.id == image_id)).first()
         if row is None:
             return None
-        return {"path": path_of(row[0]), "size": row[1], "mtime_ns": row[2], "content_hash": row[3], "format": row[4]}
+        return {"path": path_of(row[0]), "size": row[1], "mtime_ns": row[2], "content_hash": row[3], "format": row[4],
+                "timestamp": row[5]}
 
     def vector_of(self, image_id: int) -> np.ndarray | None:
         with self.engine.connect() as conn:
@@ -108,19 +134,21 @@ class Catalogue:
         return None if blob is None else vector_from(blob)
 
     def rows_by_id(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
-        """id -> {path, metadata, width, height, format} for the ids that exist."""
+        """id -> {path, metadata, width, height, format, timestamp} for the ids that exist."""
         ids = [int(i) for i in ids]
         out: dict[int, dict[str, Any]] = {}
-        cols = (images.c.id, images.c.path, images.c.meta_json, images.c.width, images.c.height, images.c.format)
+        cols = (images.c.id, images.c.path, images.c.meta_json, images.c.width, images.c.height, images.c.format,
+                images.c.timestamp)
         with self.engine.connect() as conn:
             for part in chunks(ids):
-                for id_, key, meta, w, h, fmt in conn.execute(select(*cols).where(images.c.id.in_(part))):
+                for id_, key, meta, w, h, fmt, ts in conn.execute(select(*cols).where(images.c.id.in_(part))):
                     out[id_] = {
                         "path": path_of(key),
                         "metadata": json.loads(meta) if meta else None,
                         "width": w,
                         "height": h,
                         "format": fmt,
+                        "timestamp": ts,
                     }
         return out
 
@@ -186,14 +214,18 @@ class Catalogue:
         failed: list[FailureRow],
         *,
         clear_failures: Iterable[str] = (),
+        replace_paths: Iterable[str] = (),
     ) -> list[int]:
-        """One transaction: insert or update image rows, record failures, clear old failures.
+        """One transaction: delete every row of `replace_paths` (a video's frames, replaced by `rows`),
+        insert or update image rows, record failures, clear old failures.
 
         Returns the id of each row, in order.
         """
         now = time.time()
         ids: list[int] = []
         with self.engine.begin() as conn:
+            for part in chunks([path_key(p) for p in replace_paths]):
+                conn.execute(delete(images).where(images.c.path.in_(part)))
             done = [path_key(r.path) for r in rows] + [path_key(p) for p in clear_failures]
             for part in chunks(done):
                 conn.execute(delete(failures).where(failures.c.path.in_(part)))
@@ -209,6 +241,8 @@ class Catalogue:
                     format=r.format,
                     vector=r.vector,
                     indexed_at=now,
+                    timestamp=r.timestamp,
+                    thumbnail=r.thumbnail,
                 )
                 if r.meta is not None:
                     values["meta_json"] = json.dumps(r.meta, ensure_ascii=False)
@@ -241,13 +275,17 @@ class Catalogue:
         return ids
 
     def remove(self, paths: Iterable[str], failed_paths: Iterable[str] = ()) -> int:
-        """Delete image rows and failures of files gone from disk; returns the image rows deleted."""
+        """Delete image rows and failures of files gone from disk; returns the files (a photo, or a video
+        with all its frames) whose rows were deleted."""
         keys = [path_key(p) for p in paths]
         fkeys = [path_key(p) for p in failed_paths]
         removed = 0
         with self.engine.begin() as conn:
             for part in chunks(keys):
-                removed += conn.execute(delete(images).where(images.c.path.in_(part))).rowcount
+                removed += int(conn.execute(
+                    select(func.count(func.distinct(images.c.path))).where(images.c.path.in_(part))
+                ).scalar() or 0)
+                conn.execute(delete(images).where(images.c.path.in_(part)))
             for part in chunks(fkeys):
                 conn.execute(delete(failures).where(failures.c.path.in_(part)))
             _bump(conn)

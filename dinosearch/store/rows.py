@@ -49,6 +49,7 @@ class Known:
     size: int
     mtime_ns: int
     content_hash: str
+    video: bool = False  # the path's rows are a video's frames
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,20 @@ class ImageRow:
     format: str | None = None
     meta: dict[str, Any] | None = None
     id: int | None = None  # set: update this row in place (its id stays stable)
+    timestamp: float | None = None  # a video frame: seconds into the video
+    thumbnail: bytes | None = None  # a video frame: its small JPEG
+
+
+@dataclass(frozen=True)
+class FrameRow:
+    """A stored video frame, as a renamed or copied video reuses it."""
+
+    timestamp: float
+    vector: bytes
+    thumbnail: bytes | None
+    width: int | None
+    height: int | None
+    format: str | None
 
 
 @dataclass(frozen=True)

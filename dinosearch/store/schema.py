@@ -13,6 +13,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    func,
 )
 
 from .layout import SCHEMA_REVISION  # noqa: F401  (the revision this schema is at)
@@ -28,11 +29,12 @@ metadata = MetaData(
 )
 
 # Paths are stored as the file system's own bytes (os.fsencode), so names that are not UTF-8 round-trip.
+# A photo is one row (timestamp NULL); a video is one row per sampled frame (timestamp in seconds).
 images = Table(
     "images",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),  # AUTOINCREMENT: ids are never reused
-    Column("path", LargeBinary, nullable=False, unique=True),
+    Column("path", LargeBinary, nullable=False),
     Column("root", LargeBinary, nullable=False),
     Column("size", BigInteger, nullable=False),
     Column("mtime_ns", BigInteger, nullable=False),
@@ -43,8 +45,12 @@ images = Table(
     Column("vector", LargeBinary, nullable=False),  # float32 little-endian, L2-normalised
     Column("meta_json", Text),  # catalogue metadata attached to the image, a JSON object
     Column("indexed_at", Float, nullable=False),
+    Column("timestamp", Float),  # seconds into the video of this frame; NULL for a photo
+    Column("thumbnail", LargeBinary),  # a video frame's small JPEG (the server never decodes videos)
     sqlite_autoincrement=True,
 )
+# One row per photo, one per (video, frame time): IFNULL because SQLite's UNIQUE lets NULLs repeat.
+Index("uq_images_path_timestamp", images.c.path, func.ifnull(images.c.timestamp, -1.0), unique=True)
 
 failures = Table(
     "failures",

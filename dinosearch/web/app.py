@@ -34,9 +34,10 @@ log = logging.getLogger("dinosearch.web")
 HERE = Path(__file__).parent
 T = TypeVar("T")
 
-# The page runs only its own script and styles; images come from this server or the local file picker.
+# The page runs only its own script and styles; images come from this server or the local file picker,
+# and videos (a video frame's result plays in the page) from this server.
 PAGE_CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; media-src 'self'; connect-src 'self'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 

@@ -20,6 +20,7 @@ from PIL import Image
 from ..api import Index
 from ..decode import DecodeError, load_rgb
 from ..records import MAX_PIXELS
+from ..video import container_of
 
 CHUNK = 256 * 1024
 
@@ -34,6 +35,10 @@ MEDIA_TYPES = {
     "HEIF": "image/heic",
     "AVIF": "image/avif",
 }
+
+
+# A video's media type, by its container (read from its first bytes), for the page's <video> element.
+VIDEO_MEDIA_TYPES = {"MP4/QuickTime": "video/mp4", "Matroska/WebM": "video/webm", "AVI": "video/x-msvideo"}
 
 
 class Gone(Exception):
@@ -63,7 +68,41 @@ def open_original(index: Index, image_id: int) -> OpenFile:
         f.close()
         raise Gone(f"the file of image {image_id} changed since it was indexed; run `dinosearch index` again")
     media_type = MEDIA_TYPES.get((known["format"] or "").upper(), "application/octet-stream")
+    if known.get("timestamp") is not None:  # a video frame: the video itself
+        media_type = VIDEO_MEDIA_TYPES.get(container_of(f.read(12)) or "", "application/octet-stream")
+        f.seek(0)
     return OpenFile(f, st.st_size, media_type, known["content_hash"])
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """A `Range: bytes=START-END` header -> (start, length) within `size`; None for no (or a multi-part)
+    range, which is answered with the whole file. Raises ValueError for a range outside the file (416)."""
+    if not header or not header.startswith("bytes=") or "," in header:
+        return None
+    first, sep, last = header[len("bytes="):].strip().partition("-")
+    if not sep or not (first or last) or not all(p.isascii() and p.isdigit() for p in (first, last) if p):
+        return None
+    if not first:  # the last N bytes
+        n = min(int(last), size)
+        if n == 0:
+            raise ValueError("empty suffix range")
+        return size - n, n
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or end < start:
+        raise ValueError("range outside the file")
+    return start, end - start + 1
+
+
+def iter_part(f: io.BufferedReader, start: int, length: int) -> Iterator[bytes]:
+    """`length` bytes of the file from `start`, in chunks; closes it."""
+    try:
+        f.seek(start)
+        while length > 0 and (chunk := f.read(min(CHUNK, length))):
+            length -= len(chunk)
+            yield chunk
+    finally:
+        f.close()
 
 
 def iter_file(f: io.BufferedReader) -> Iterator[bytes]:
@@ -90,7 +129,12 @@ class Thumbnails:
         self.made = 0  # thumbnails generated (not served from the cache), for tests
 
     def get(self, index: Index, image_id: int) -> tuple[bytes, str]:
-        """(JPEG bytes, etag). Raises Gone."""
+        """(JPEG bytes, etag). Raises Gone. A video frame's thumbnail was made at indexing (the server
+        never decodes a video): it is served while the frame's row exists."""
+        frame = index.thumbnail_of(image_id)
+        if frame is not None:
+            known = index.file_of(image_id) or {}
+            return frame, f"{known.get('content_hash')}-{known.get('timestamp')}"
         opened = open_original(index, image_id)
         key = (image_id, opened.etag)
         with self._lock:

@@ -24,7 +24,7 @@ from ..records import FailureKind, Hit, display_path
 from . import auth
 from .engine import QueryEngine
 from .terms import MAX_QUERY_IDS, parse_crop_param, parse_refine, run_query
-from .media import Gone, Thumbnails, iter_file, open_original
+from .media import Gone, Thumbnails, byte_range, iter_file, iter_part, open_original
 
 MAX_ID = 2**63 - 1  # SQLite's INTEGER range: anything beyond is unknown, not an overflow error
 MAX_WHERE = 16
@@ -41,8 +41,9 @@ class Result(BaseModel):
     name: str  # the file name (no directory), for results without a catalogue title
     metadata: dict[str, Any] | None
     thumbnail_url: str
-    image_url: str
+    image_url: str  # a video frame's: the video (the page adds #t=timestamp)
     folded: list[int] | None = None  # only with `collapse`: ids of near-identical results folded into this one
+    timestamp: float | None = None  # seconds into the video, for a video frame; null for a photo
 
 
 class Results(BaseModel):
@@ -243,8 +244,18 @@ async def original(request: Request, image_id: ImageId) -> StreamingResponse:
         "ETag": f'"{opened.etag}"',
         "Cache-Control": "private, max-age=3600",
         "Content-Disposition": "inline",
+        "Accept-Ranges": "bytes",
         **_IMAGE_HEADERS,
     }
+    try:
+        part = byte_range(request.headers.get("range"), opened.size)
+    except ValueError:
+        opened.file.close()
+        raise HTTPException(416, "the requested range is outside the file", headers={"Content-Range": f"bytes */{opened.size}"}) from None
+    if part is not None:  # a <video> element seeking: just the bytes asked for
+        start, length = part
+        headers.update({"Content-Length": str(length), "Content-Range": f"bytes {start}-{start + length - 1}/{opened.size}"})
+        return StreamingResponse(iter_part(opened.file, start, length), status_code=206, media_type=opened.media_type, headers=headers)
     return StreamingResponse(iter_file(opened.file), media_type=opened.media_type, headers=headers)
 
 
@@ -310,6 +321,7 @@ def _results(request: Request, hits: list[Hit], *, collapsed: bool = False) -> A
                 thumbnail_url=url("thumbnail", h.id, "/thumbnail"),
                 image_url=url("image", h.id, ""),
                 folded=list(h.folded) if h.folded is not None else None,
+                timestamp=h.timestamp,
             )
             for h in hits
         ]

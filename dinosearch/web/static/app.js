@@ -302,6 +302,7 @@
     img.loading = "lazy";
     img.decoding = "async";
     more.append(img, el("span", "more-hint", "More like this"));
+    if (typeof r.timestamp === "number") more.append(el("span", "time", clock(r.timestamp)));
     more.addEventListener("click", () => run({ kind: "similar", id: r.id, label: title, thumb: r.thumbnail_url, minus: [], crop: null }));
     li.append(more);
 
@@ -356,6 +357,7 @@
     why.title = "Show which parts of this image are most like the query";
     why.addEventListener("click", () => toggleWhy(query, r.id, more, why));
     info.append(why);
+    if (typeof r.timestamp === "number") info.append(playAt(r, li));
     li.append(info);
     return li;
   }
@@ -399,6 +401,31 @@
     const form = new FormData();
     form.append("image", query.crop ? await cropFile(file, query.crop) : file, query.crop ? "region.png" : (file.name || "pasted-image"));
     return { method: "POST", body: form };
+  }
+
+  // A video frame: its time as h:mm:ss.s, and a link that opens the video at that moment.
+  function clock(seconds) {
+    const tenths = Math.round(seconds * 10);
+    const h = Math.floor(tenths / 36000), m = Math.floor(tenths / 600) % 60, s = Math.floor(tenths / 10) % 60;
+    const pad = (n) => String(n).padStart(2, "0");
+    return (h ? h + ":" : "") + pad(m) + ":" + pad(s) + "." + (tenths % 10);
+  }
+
+  function playAt(r, li) {
+    const a = el("a", "play", "▶ Play at " + clock(r.timestamp));
+    a.href = r.image_url + "#t=" + r.timestamp; // a media fragment: the video starts at the frame
+    a.addEventListener("click", (e) => {
+      e.preventDefault(); // play in the page; the link still works opened in a new tab
+      const old = li.querySelector("video");
+      if (old) old.remove();
+      const video = el("video", "player");
+      video.controls = true;
+      video.preload = "metadata";
+      video.src = a.href;
+      li.append(video);
+      video.play().catch(() => {}); // autoplay may be refused; the controls are there
+    });
+    return a;
   }
 
   // Filters --------------------------------------------------------------------------------------
