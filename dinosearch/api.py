@@ -23,7 +23,7 @@ import numpy as np
 from .embed import Embedder, l2_normalise
 from .errors import DinosearchError, ImageError, IndexNotFoundError
 from .metadata import MetadataRows, read_metadata, resolve
-from .model import ModelSlot
+from .model import Loading, ModelSlot
 from .query import ImageLike, QueryVectors, Term, as_term
 from .refine import refined
 from .records import MAX_PIXELS, Failure, Hit, IndexReport, ModelFingerprint, Stats
@@ -41,7 +41,9 @@ class Index:
 
     `model` is a hub id or a local checkpoint directory; None uses the model the index was made
     with (or model.DEFAULT_MODEL for a new index). `embedder` injects any object with the Embedder
-    protocol. Raises IndexNotFoundError when `create` is False and there is no index.
+    protocol. `on_model_load(name)` returns a context manager entered while the model loads (seconds,
+    and only when a query or run needs it), e.g. to show a notice. Raises IndexNotFoundError when
+    `create` is False and there is no index.
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class Index:
         create: bool = True,
         index_type: str | None = None,
         index_memory_mb: float | None = None,
+        on_model_load: Loading | None = None,
     ):
         self.dir = Path(directory).expanduser()
         if not create and not (self.dir / DB_NAME).exists():
@@ -65,7 +68,7 @@ class Index:
         self.catalogue = Catalogue(self.dir, create=create)
         self.model = ModelSlot(
             self.catalogue, model=model, device=device, precision=precision, backend=backend,
-            batch_size=batch_size, embedder=embedder,
+            batch_size=batch_size, embedder=embedder, loading=on_model_load,
         )
         self.queries = QueryVectors(self.catalogue, self.model)
         self.vectors = VectorIndex(self.catalogue)
