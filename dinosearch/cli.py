@@ -371,6 +371,10 @@ def serve(
         from .settings import ENV_VAR, WebSettings, check_bind
 
         check_bind(host, api_key, insecure_no_api_key)
+        # The model's OpenMP threads should sleep, not spin, between operations, as in `index`:
+        # spinning threads take cores the decode process and the event loop need. Set before torch
+        # is imported (check_backend may import it); a user's setting wins.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         # The model loads once the server is up: refuse an impossible backend now, in one line.
         check_backend(backend.value, backend_device(backend.value, device.value), precision.value)
         directory = _index_dir(index)
