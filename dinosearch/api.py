@@ -24,7 +24,7 @@ from .embed import Embedder, l2_normalise
 from .errors import DinosearchError, ImageError, IndexNotFoundError
 from .explain import Explainer, Explanation, load_result
 from .metadata import MetadataRows, read_metadata, resolve
-from .model import ModelSlot
+from .model import Loading, ModelSlot
 from .query import ImageLike, QueryVectors, Term, as_term
 from .refine import refined
 from .records import MAX_PIXELS, Failure, Hit, IndexReport, ModelFingerprint, Stats, VideoOptions
@@ -42,7 +42,9 @@ class Index:
 
     `model` is a hub id or a local checkpoint directory; None uses the model the index was made
     with (or model.DEFAULT_MODEL for a new index). `embedder` injects any object with the Embedder
-    protocol. Raises IndexNotFoundError when `create` is False and there is no index.
+    protocol. `on_model_load(name)` returns a context manager entered while the model loads (seconds,
+    and only when a query or run needs it), e.g. to show a notice. Raises IndexNotFoundError when
+    `create` is False and there is no index.
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class Index:
         create: bool = True,
         index_type: str | None = None,
         index_memory_mb: float | None = None,
+        on_model_load: Loading | None = None,
     ):
         self.dir = Path(directory).expanduser()
         if not create and not (self.dir / DB_NAME).exists():
@@ -66,7 +69,7 @@ class Index:
         self.catalogue = Catalogue(self.dir, create=create)
         self.model = ModelSlot(
             self.catalogue, model=model, device=device, precision=precision, backend=backend,
-            batch_size=batch_size, embedder=embedder,
+            batch_size=batch_size, embedder=embedder, loading=on_model_load,
         )
         self.queries = QueryVectors(self.catalogue, self.model)
         self.vectors = VectorIndex(self.catalogue)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -197,7 +199,8 @@ def query(
             raise DinosearchError(f"--where: {exc}") from None
         terms = query_terms(images or [], ids=ids or [], minus=minus or [], minus_ids=minus_ids or [], crop=crop)
         with _open(index, create=False, model=model or settings.model_from_env(), device=device.value,
-                   backend=backend.value, precision=precision.value) as ix:
+                   backend=backend.value, precision=precision.value,
+                   on_model_load=_model_notice(enabled=not as_json and sys.stderr.isatty())) as ix:
             if ix.catalogue.count_images() == 0:
                 raise DinosearchError(f"the index at {ix.dir} holds no images; add some with `dinosearch index PATH`")
             hits = ix.search(*terms.positives, minus=terms.negatives, k=k, min_score=min_score, where=filters,
@@ -325,6 +328,23 @@ def _safe(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def _model_notice(enabled: bool) -> Any:
+    """On a terminal, a notice on stderr while the model loads (seconds of silence otherwise); it goes
+    away once the model is up. Only queries that need the model (a new image) load it."""
+    if not enabled:
+        return None
+
+    @contextmanager
+    def notice(name: str) -> Iterator[None]:
+        from rich.console import Console
+        from rich.markup import escape
+
+        with Console(stderr=True).status(f"loading the model {escape(_safe(name))} for the query image"):
+            yield
+
+    return notice
+
+
 class _progress:
     """A rich progress bar with rate and ETA on a terminal; nothing otherwise."""
 
@@ -407,6 +427,10 @@ def serve(
         from .settings import ENV_VAR, WebSettings, check_bind
 
         check_bind(host, api_key, insecure_no_api_key)
+        # The model's OpenMP threads should sleep, not spin, between operations, as in `index`:
+        # spinning threads take cores the decode process and the event loop need. Set before torch
+        # is imported (check_backend may import it); a user's setting wins.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         # The model loads once the server is up: refuse an impossible backend now, in one line.
         check_backend(backend.value, backend_device(backend.value, device.value), precision.value)
         directory = _index_dir(index)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,9 +30,17 @@ def model_source(model: str) -> str:
     return os.path.realpath(expanded) if os.path.isdir(expanded) else model
 
 
+Loading = Callable[[str], AbstractContextManager[object]]
+
+
+def _quiet(name: str) -> AbstractContextManager[object]:
+    return nullcontext()
+
+
 class ModelSlot:
     """The model for one index directory. `model` None: the model the index was made with (or
-    DEFAULT_MODEL for a new index). `embedder` injects any object with the Embedder protocol."""
+    DEFAULT_MODEL for a new index). `embedder` injects any object with the Embedder protocol.
+    `loading(name)` is entered while the model loads (seconds), so a presenter can say so meanwhile."""
 
     def __init__(
         self,
@@ -42,8 +52,10 @@ class ModelSlot:
         backend: str = "torch",
         batch_size: int | None = None,
         embedder: Embedder | None = None,
+        loading: Loading | None = None,
     ):
         self.catalogue = catalogue
+        self._loading = loading or _quiet
         self.asked = model_source(model) if model else None
         self._device, self._precision, self._backend, self._batch_size = device, precision, backend, batch_size
         self._embedder = embedder
@@ -77,14 +89,15 @@ class ModelSlot:
 
         with self._lock:
             if self._embedder is None:
-                self._embedder = Dinov2Embedder(
-                    self.name,
-                    device=self._device,
-                    precision=self._precision,
-                    batch_size=self._batch_size,
-                    backend=self._backend,
-                    cache_dir=Path(self.catalogue.dir) / CACHE_DIR,
-                )
+                with self._loading(self.name):
+                    self._embedder = Dinov2Embedder(
+                        self.name,
+                        device=self._device,
+                        precision=self._precision,
+                        batch_size=self._batch_size,
+                        backend=self._backend,
+                        cache_dir=Path(self.catalogue.dir) / CACHE_DIR,
+                    )
             if not self._checked:
                 self._checked = self._check(self._embedder.fingerprint, record=record)
             return self._embedder

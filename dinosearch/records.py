@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -36,8 +37,32 @@ class FailureKind(str, Enum):
 
 
 def display_path(path: str) -> str:
-    """A printable, JSON-safe form of a path: undecodable bytes become ``\\xNN`` escapes."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    """An unambiguous, JSON-safe form of a path for people: a backslash is shown as ``\\\\`` and a byte
+    that is not UTF-8 as ``\\xNN``, so a name holding the byte 0xE9 and one literally holding the four
+    characters ``\\xe9`` never look alike. `path_from_display` reverses it."""
+    return os.fsencode(path).replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+
+
+_DISPLAY_ESCAPE = re.compile(rb"\\(\\|x[0-9a-f]{2})")
+
+
+def path_from_display(text: str) -> str:
+    """The path that `display_path` showed as `text` (``\\\\`` -> a backslash, ``\\xNN`` -> the byte NN)."""
+    raw = _DISPLAY_ESCAPE.sub(
+        lambda m: b"\\" if m.group(1) == b"\\" else bytes([int(m.group(1)[1:], 16)]), text.encode("utf-8")
+    )
+    return os.fsdecode(raw)
+
+
+def path_fields(path: str) -> dict[str, Any]:
+    """The JSON fields naming a file. A UTF-8 name is given exactly: {"path": name}. Any other name
+    cannot be JSON text as it is: {"path": display_path(path), "path_escaped": True}, which
+    `path_from_display` turns back into the file system's name."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # surrogate-escaped bytes: the name is not UTF-8
+        return {"path": display_path(path), "path_escaped": True}
+    return {"path": path}
 
 
 @dataclass(frozen=True)
@@ -130,7 +155,7 @@ class Hit:
             "rank": self.rank,
             "id": self.id,
             "score": round(self.score, 6),
-            "path": display_path(self.path),
+            **path_fields(self.path),
             "metadata": self.metadata,
             "timestamp": self.timestamp,
         }
@@ -153,8 +178,8 @@ class Failure:
     error: str  # a FailureKind value
     message: str
 
-    def to_dict(self) -> dict[str, str]:
-        return {"path": display_path(self.path), "error": self.error, "message": self.message}
+    def to_dict(self) -> dict[str, Any]:
+        return {**path_fields(self.path), "error": self.error, "message": self.message}
 
 
 @dataclass(frozen=True)
@@ -188,7 +213,8 @@ class IndexReport:
             "images_per_second": round(self.images_per_second, 2),
         }
         if self.metadata_matched is not None:
-            d["metadata"] = {"matched": self.metadata_matched, "unknown": [display_path(p) for p in self.metadata_unknown]}
+            # Names as the metadata file (UTF-8 text) gave them.
+            d["metadata"] = {"matched": self.metadata_matched, "unknown": list(self.metadata_unknown)}
         return d
 
 

@@ -136,6 +136,47 @@ def summarise(name: str, results: list[tuple[float, int]], seconds: float) -> di
     }
 
 
+def cpu_by_thread(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds each thread ("name/tid") spent between two `sysmon.thread_cpu_seconds` snapshots,
+    busiest first (the model thread and torch's OpenMP threads lead; "children" is the decode process)."""
+    out = Counter({key: seconds - before.get(key, 0.0) for key, seconds in after.items()})
+    return {key: round(v, 2) for key, v in out.most_common() if v > 0.005}
+
+
+def one_run(args: argparse.Namespace, index: Path, bodies: list[bytes], steady: int) -> dict:
+    """A fresh server: ready, the steady phase, the burst; latencies and where the server's CPU went."""
+    from tests.bench import sysmon
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server(index, port, args.queue_size)
+    run: dict = {"loadavg_start": sysmon.loadavg()}
+    try:
+        run["ready_s"] = round(wait_ready(url, proc, bodies[-1]), 2)
+        _log(f"server ready in {run['ready_s']} s; {steady} requests at {args.rate}/s ...")
+        cpu_before = sysmon.thread_cpu_seconds(proc.pid)
+        t0 = time.monotonic() + 0.5
+        due = [t0 + i / args.rate for i in range(steady)]
+        run["steady"] = summarise("steady", fire(url, bodies[:steady], due, args.k), args.seconds)
+        cpu_steady = sysmon.thread_cpu_seconds(proc.pid)
+        time.sleep(2)  # let the queue drain before the burst
+        _log(f"burst of {args.burst} ...")
+        t1 = time.monotonic() + 0.2
+        burst = fire(url, bodies[steady : steady + args.burst], [t1] * args.burst, args.k)
+        run["burst"] = summarise("burst", burst, max(lat for lat, _ in burst) or 1.0)
+        # Where the server's CPU went in the steady phase: the model thread and its torch threads,
+        # the event loop, the worker threads (hash lookup, search), the decode process ("children").
+        run["steady_cpu_s"] = cpu_by_thread(cpu_before, cpu_steady)
+        run["loadavg_end"] = sysmon.loadavg()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return run
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shape", default="vit-s14", choices=["vit-s14", "tiny"], help="random DINOv2 shape")
@@ -144,6 +185,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=15.0, help="length of the steady phase")
     ap.add_argument("--burst", type=int, default=16, help="requests sent at once in the burst phase")
     ap.add_argument("--queue-size", type=int, default=32, help="the server's --queue-size")
+    ap.add_argument("--runs", type=int, default=1, help="repeat the whole run (a fresh server each time)")
     ap.add_argument("-k", type=int, default=10)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
@@ -157,39 +199,35 @@ def main() -> None:
     model = str(ensure_model(args.shape))
     index = build_index(BENCH_DIR / f"load-{args.shape}-{args.catalogue}", model, args.catalogue)
     bodies = queries(steady + args.burst + 1)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = start_server(index, port, args.queue_size)
-    report: dict = {"shape": args.shape, "catalogue": args.catalogue, "cpus": os.cpu_count()}
-    try:
-        report["ready_s"] = round(wait_ready(url, proc, bodies[-1]), 2)
-        _log(f"server ready in {report['ready_s']} s; {steady} requests at {args.rate}/s ...")
-        t0 = time.monotonic() + 0.5
-        due = [t0 + i / args.rate for i in range(steady)]
-        report["steady"] = summarise("steady", fire(url, bodies[:steady], due, args.k), args.seconds)
-        time.sleep(2)  # let the queue drain before the burst
-        _log(f"burst of {args.burst} ...")
-        t1 = time.monotonic() + 0.2
-        burst = fire(url, bodies[steady : steady + args.burst], [t1] * args.burst, args.k)
-        report["burst"] = summarise("burst", burst, max(lat for lat, _ in burst) or 1.0)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    report: dict = {"shape": args.shape, "catalogue": args.catalogue, "cpus": os.cpu_count(), "runs": []}
+    for i in range(args.runs):
+        _log(f"run {i + 1} of {args.runs}")
+        report["runs"].append(one_run(args, index, bodies, steady))
+        if not args.json:
+            print_run(i + 1, report["runs"][-1], first=i == 0, report=report)
+    p50s = [r["steady"]["p50_ms"] for r in report["runs"] if r["steady"]["p50_ms"] is not None]
+    if len(p50s) > 1:
+        report["steady_p50_spread"] = round(max(p50s) / min(p50s), 2)
     if args.json:
         print(json.dumps(report))
-        return
-    print(f"dinosearch serve, {args.shape} random weights, {args.catalogue} images, {report['cpus']} CPUs, loopback")
-    print(f"ready after {report['ready_s']} s (model load + first upload)")
+    elif len(p50s) > 1:
+        print(f"steady p50 over {len(p50s)} runs: {', '.join(f'{v:.0f}' for v in p50s)} ms (max/min {report['steady_p50_spread']})")
+
+
+def print_run(n: int, run: dict, *, first: bool, report: dict) -> None:
+    if first:
+        print(f"dinosearch serve, {report['shape']} random weights, {report['catalogue']} images, {report['cpus']} CPUs, loopback")
+    print(f"run {n}: ready after {run['ready_s']} s (model load + first upload); load average {run['loadavg_start']} -> {run['loadavg_end']}")
+    fmt = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
     for phase in ("steady", "burst"):
-        s = report[phase]
-        fmt = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
+        s = run[phase]
         print(
-            f"{phase:>7}: {s['requests']} requests, {s['ok']} ok, statuses {s['statuses']}; "
+            f"  {phase:>7}: {s['requests']} requests, {s['ok']} ok, statuses {s['statuses']}; "
             f"p50 {fmt(s['p50_ms'])} ms, p99 {fmt(s['p99_ms'])} ms, max {fmt(s['max_ms'])} ms"
         )
+    ok = max(1, run["steady"]["ok"])
+    top = list(run["steady_cpu_s"].items())[:5]
+    print("  steady CPU per request: " + ", ".join(f"{name} {1000 * v / ok:.0f} ms" for name, v in top))
 
 
 if __name__ == "__main__":

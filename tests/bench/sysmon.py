@@ -132,6 +132,34 @@ def tree_rss_kb(pid: int) -> tuple[int, int, int]:
     return _rss_kb(pid), sum(_rss_kb(c) for c in kids), len(kids)
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of each thread of `pid`, keyed "name/tid", and of its
+    descendant processes, keyed "children" (summed). Empty where /proc is not readable."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def cpu(stat_path: str) -> tuple[str, float] | None:
+        try:
+            with open(stat_path) as f:
+                text = f.read()
+        except OSError:
+            return None
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        return name, (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+
+    out: dict[str, float] = {}
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        got = cpu(f"/proc/{pid}/task/{tid}/stat")
+        if got:
+            out[f"{got[0]}/{tid}"] = got[1]
+    out["children"] = sum((got or ("", 0.0))[1] for got in (cpu(f"/proc/{c}/stat") for c in descendants(pid)))
+    return out
+
+
 class RssSampler:
     """Samples (seconds, own RSS KiB, descendants' RSS KiB) of a process every `interval` seconds."""
 
