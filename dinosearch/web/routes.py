@@ -58,6 +58,10 @@ class StatsOut(BaseModel):
     dim: int | None
     index_type: str
     bytes: int
+    nlist: int | None = None
+    nprobe: int | None = None
+    code_size: int | None = None
+    recall: float | None = None
 
 
 api = APIRouter(prefix="/api", dependencies=[Depends(auth.require_key)], tags=["api"])
