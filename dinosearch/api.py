@@ -90,20 +90,28 @@ class Index:
         progress: Callable[[int, int], None] | None = None,
         decode_timeout: float = 60.0,
         max_pixels: int = MAX_PIXELS,
+        ray: str | None = None,
     ) -> IndexReport:
         """Index (or re-index) folders and files; only what changed since the last run is done.
 
         `metadata`: a CSV or JSON-lines file whose `path` column (relative to a PATH) names an image;
         its other columns are attached to that image. Rows naming unknown files are reported.
-        Raises PathNotFoundError, IndexLockedError, ModelLoadError, ModelMismatchError.
+        `ray`: decode and embed on a Ray cluster at this address ("auto": RAY_ADDRESS, else a new local
+        cluster; see ray_index.run); planning and writing stay in this process.
+        Raises PathNotFoundError, IndexLockedError, ModelLoadError, ModelMismatchError, and
+        DinosearchError when `ray` is given and Ray is missing or its cluster cannot be used.
         """
         from . import index as indexer
+
+        if ray is not None:
+            from . import ray_index
 
         rows = read_metadata(metadata) if metadata is not None else None
         with WriterLock(self.dir):
             made_with = self.fingerprint
             self.model.check_before_write()
-            report, changed = indexer.run(
+            run = indexer.run if ray is None else ray_index.runner(model=self.model, address=ray)
+            report, changed = run(
                 self.catalogue,
                 [os.fspath(p) for p in paths],
                 load_embedder=lambda: self.model.get(record=True),

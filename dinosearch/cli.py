@@ -105,6 +105,11 @@ def index(
         None, "--metadata", help="CSV or JSON-lines file: a `path` column relative to PATH, other columns attached"
     ),
     as_json: bool = JsonOpt,
+    ray: Optional[str] = typer.Option(
+        None, "--ray", metavar="[ADDRESS]",
+        help="Decode and embed on a Ray cluster: ADDRESS (HOST:PORT, ray://HOST:PORT), or none/auto for "
+        "$RAY_ADDRESS, else a local one (needs pip install 'dinosearch[ray]')",
+    ),
 ) -> None:
     """Index images under PATHs; re-running only does the work that changed."""
 
@@ -112,7 +117,8 @@ def index(
         ix = _open(index, create=True, model=model or settings.model_from_env(), device=device.value,
                    backend=backend.value, precision=precision.value, batch_size=batch_size, workers=workers)
         with ix, _progress(enabled=not as_json and sys.stderr.isatty()) as progress:
-            report = ix.add(*paths, follow_symlinks=follow_symlinks, metadata=metadata, progress=progress)
+            report = ix.add(*paths, follow_symlinks=follow_symlinks, metadata=metadata, progress=progress,
+                            ray=ray)
         for w in report.warnings:
             _err(f"warning: {w}")
         if as_json:
@@ -314,7 +320,22 @@ def serve(
 
 
 def main() -> None:
-    app()
+    app(args=_ray_without_value(sys.argv[1:]))
+
+
+def _ray_without_value(args: list[str]) -> list[str]:
+    """`--ray` with no ADDRESS means `--ray auto`: at the end, before another option, or before a PATH
+    that exists (an address is never a file)."""
+    out: list[str] = []
+    for i, a in enumerate(args):
+        out.append(a)
+        if a == "--":  # what follows is PATHs only
+            return out + args[i + 1 :]
+        if a == "--ray":
+            nxt = args[i + 1] if i + 1 < len(args) else None
+            if nxt is None or nxt.startswith("-") or Path(nxt).exists():
+                out.append("auto")
+    return out
 
 
 if __name__ == "__main__":
