@@ -6,14 +6,16 @@ FAISS with its chunked commits, the sweep and the report (writer.py). Only two s
 
 - read + hash + decode: one Ray task per file (1 CPU), running the decode workers' own function
   (`_decode_worker._decode_one`: allowlist, pixel cap, draft JPEG decoding, EXIF), so a file gives the
-  same pixels, or the same failure, as locally. A task returns its small result and its pixels as two
-  objects: the pixels go from the decoding node to a model actor without passing through the driver.
+  same pixels, or the same failure, as locally. The task streams its small result and its pixels as
+  separate objects: the pixels go from the decoding node to a model actor, never through the driver.
 - embed: a pool of model actors (one per GPU, `num_gpus=1` each; on a cluster without GPUs one per node),
   each loading the driver's model (ModelSlot.spec); their fingerprints are checked against the index's.
 
 Files are read by path on the nodes: roots must be at the same path on every node (a shared file system);
-a node that cannot see them stops the run before anything is decoded. A file's timeout counts from when
-it is handed out; at most one file per decoding CPU is handed out at a time, so it starts at once.
+a node that cannot see them stops the run before anything is decoded (ray_cluster.check_nodes_can_read).
+A file's timeout counts from when its task starts running (the task says so first), never a wait for a
+CPU or a worker's start-up; a worker that dies is replaced by Ray and the file tried once more, within
+the same deadline.
 """
 
 from __future__ import annotations
