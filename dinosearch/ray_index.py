@@ -58,8 +58,8 @@ def run(
 ) -> tuple[IndexReport, bool]:
     """Index `roots` with decode and embed on a Ray cluster. Returns the report and whether the catalogue changed.
 
-    `address`: see ray_cluster.Cluster. `workers`: files decoded at once (default: the cluster's CPUs not
-    held by model actors). `model` is loaded by the actors from `model.spec`, only when some file's
+    `address`: see ray_cluster.Cluster. `workers`: decode slots; twice as many files are handed out at a
+    time (default: the cluster's CPUs not held by model actors). `model` is loaded by the actors from `model.spec`, only when some file's
     content is new; their fingerprints are checked against the index's. Raises PathNotFoundError,
     DinosearchError (no Ray, no cluster, a node that cannot read a root, a model actor that died),
     ModelLoadError, ModelMismatchError.
@@ -190,7 +190,9 @@ class _RayRun:
         """Files to free decode slots, unless decoded images already wait for the model (backpressure)."""
         waiting = len(self.ready) + sum(len(b) for _, b in self.embedding.values())
         room = 2 * self.batch_limit * len(self.actors) * EMBED_CALLS_PER_ACTOR
-        while len(self.decoding) < self.slots and waiting < room:
+        # Twice the slots: the next file waits at its node while one decodes (a file's clock starts
+        # only when its task does), so no CPU idles for a round trip to this process.
+        while len(self.decoding) < 2 * self.slots and waiting < room:
             try:
                 item: ToDecode = self.router.to_decode.get_nowait()
             except queue.Empty:
