@@ -138,10 +138,9 @@ class ModelSlot:
     def warn_mixed_precision(self, report: IndexReport, made_with: ModelFingerprint | None) -> IndexReport:
         """Say so when this run embedded images with another backend/precision than the index's first
         run: the model is the same (checked), the vectors are close but not identical."""
-        used = self._embedder.fingerprint if self._embedder is not None else self._adopted
-        if made_with is None or used is None or not report.embedded:
+        if made_with is None or (self._embedder is None and self._adopted is None) or not report.embedded:
             return report
-        now = used.precision
+        now = (self._embedder.fingerprint if self._embedder is not None else self._adopted).precision  # type: ignore[union-attr]
         if now == made_with.precision:
             return report
         warning = (
