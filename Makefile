@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.bench.bench $(BENCH_ARGS)
 	$(BIN)/python -m tests.bench.load --shape vit-s14 --rate 4 --seconds 20 --burst 48 --queue-size 8 --runs 3
 	$(BIN)/python -m tests.bench.video_bench --seconds 20 --shape vit-s14
+	$(BIN)/python -m tests.bench.ray_bench
 
 bench-scale: $(STAMP)
 	$(BIN)/python -m tests.bench.scale_bench $(SCALE_ARGS)

@@ -103,18 +103,25 @@ class Index:
         decode_timeout: float = 60.0,
         max_pixels: int = MAX_PIXELS,
         video: VideoOptions | None = None,
+        ray: str | None = None,
     ) -> IndexReport:
         """Index (or re-index) folders and files; only what changed since the last run is done.
 
         `metadata`: a CSV or JSON-lines file whose `path` column (relative to a PATH) names an image;
         its other columns are attached to that image. Rows naming unknown files are reported.
         `video`: also index videos, one row per sampled frame (needs PyAV: the `video` extra).
+        `ray`: decode and embed on a Ray cluster at this address ("auto": RAY_ADDRESS, else a new local
+        cluster; see ray_index.run); planning and writing stay in this process.
         Raises PathNotFoundError, IndexLockedError, ModelLoadError, ModelMismatchError, and
-        DinosearchError for `video` without PyAV.
+        DinosearchError for `video` without PyAV, or when `ray` is given and Ray is missing or its
+        cluster cannot be used.
         """
         from . import index as indexer
 
         paths = tuple(os.path.expanduser(os.fspath(p)) for p in paths)  # "~/Pictures", as the constructor does
+        if ray is not None:
+            from . import ray_index
+
         rows = read_metadata(metadata) if metadata is not None else None
         with WriterLock(self.dir):
             made_with = self.fingerprint
@@ -123,7 +130,8 @@ class Index:
                 validate_index_type(self._index_type, made_with.dim)  # a bad --index-type fails before any work
             base_version = self.catalogue.version()
             changes: list[Changes] = []
-            report, changed = indexer.run(
+            run = indexer.run if ray is None else ray_index.runner(model=self.model, address=ray)
+            report, changed = run(
                 self.catalogue,
                 [os.fspath(p) for p in paths],
                 load_embedder=lambda: self.model.get(record=True),

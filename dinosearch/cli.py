@@ -120,6 +120,10 @@ def index(
     ),
     index_memory: Optional[float] = typer.Option(
         None, "--index-memory", min=1, help="Memory budget for the vector index, in MB (auto picks codes that fit)"
+    ray: Optional[str] = typer.Option(
+        None, "--ray", metavar="[ADDRESS]",
+        help="Decode and embed on a Ray cluster: ADDRESS (HOST:PORT, ray://HOST:PORT), or none/auto for "
+        "$RAY_ADDRESS, else a local one (needs pip install 'dinosearch[ray]')",
     ),
 ) -> None:
     """Index images under PATHs; re-running only does the work that changed."""
@@ -131,7 +135,8 @@ def index(
                    index_type=index_type, index_memory_mb=index_memory)
         with ix, _progress(enabled=not as_json and sys.stderr.isatty()) as progress:
             limit = {"max_pixels": max_pixels} if max_pixels else {}
-            report = ix.add(*paths, follow_symlinks=follow_symlinks, metadata=metadata, progress=progress, video=videos, **limit)
+            report = ix.add(*paths, follow_symlinks=follow_symlinks, metadata=metadata, progress=progress, video=videos,
+                            ray=ray, **limit)
         if not (report.added or report.updated or report.unchanged or report.failed or report.removed):
             _err(f"warning: no images found under {', '.join(_safe(display_path(str(p))) for p in paths)}")
         for w in report.warnings:
@@ -455,7 +460,22 @@ def serve(
 
 
 def main() -> None:
-    app()
+    app(args=_ray_without_value(sys.argv[1:]))
+
+
+def _ray_without_value(args: list[str]) -> list[str]:
+    """`--ray` with no ADDRESS means `--ray auto`: at the end, before another option, or before a PATH
+    that exists (an address is never a file)."""
+    out: list[str] = []
+    for i, a in enumerate(args):
+        out.append(a)
+        if a == "--":  # what follows is PATHs only
+            return out + args[i + 1 :]
+        if a == "--ray":
+            nxt = args[i + 1] if i + 1 < len(args) else None
+            if nxt is None or nxt.startswith("-") or Path(nxt).exists():
+                out.append("auto")
+    return out
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import os
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .embed import Embedder
@@ -21,6 +21,18 @@ from .store.catalogue import Catalogue
 from .store.layout import CACHE_DIR, MODEL_KEY
 
 DEFAULT_MODEL = "facebook/dinov2-small"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What ModelSlot.get would load, for a process that loads it elsewhere (a Ray actor): a hub id or
+    an absolute checkpoint folder, and the options of embed.Dinov2Embedder."""
+
+    model: str
+    device: str
+    precision: str
+    backend: str
+    batch_size: int | None
 
 
 def model_source(model: str) -> str:
@@ -59,6 +71,7 @@ class ModelSlot:
         self.asked = model_source(model) if model else None
         self._device, self._precision, self._backend, self._batch_size = device, precision, backend, batch_size
         self._embedder = embedder
+        self._adopted: ModelFingerprint | None = None  # a model loaded elsewhere, checked (adopt)
         self._checked = False
         # Loading takes seconds (a first conversion for some backends): it has a lock of its own, so
         # searches by id, which need no model, are never held up by it.
@@ -102,6 +115,18 @@ class ModelSlot:
                 self._checked = self._check(self._embedder.fingerprint, record=record)
             return self._embedder
 
+    @property
+    def spec(self) -> ModelSpec:
+        """How to load this model in another process or on another machine."""
+        return ModelSpec(self.name, self._device, self._precision, self._backend, self._batch_size)
+
+    def adopt(self, fp: ModelFingerprint) -> None:
+        """A model loaded elsewhere from `spec` (a Ray actor): refused if it is not the index's model;
+        a new index records it as its own. Raises ModelMismatchError."""
+        with self._lock:
+            self._check(fp, record=True)
+            self._adopted = fp
+
     def check_before_write(self) -> None:
         """Another model named for an index that has one: load and check it before anything is written."""
         fp = self.fingerprint
@@ -126,9 +151,9 @@ class ModelSlot:
     def warn_mixed_precision(self, report: IndexReport, made_with: ModelFingerprint | None) -> IndexReport:
         """Say so when this run embedded images with another backend/precision than the index's first
         run: the model is the same (checked), the vectors are close but not identical."""
-        if made_with is None or self._embedder is None or not report.embedded:
+        if made_with is None or (self._embedder is None and self._adopted is None) or not report.embedded:
             return report
-        now = self._embedder.fingerprint.precision
+        now = (self._embedder.fingerprint if self._embedder is not None else self._adopted).precision  # type: ignore[union-attr]
         if now == made_with.precision:
             return report
         warning = (

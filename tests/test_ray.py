@@ -1,0 +1,165 @@
+"""`index --ray`: decode and embed on a real (local, 2-CPU) Ray cluster give the local path's results.
+
+One Ray cluster for the session (`ray.init(num_cpus=2)`, ~2 s); the tests run the product's own code
+against it, in this process (Index.add(ray=...)) and as a `dinosearch index --ray ADDRESS` subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dinosearch import Index
+from dinosearch.errors import DinosearchError, PathNotFoundError
+from dinosearch.records import ImageFile
+
+from . import hostile as H
+from .conftest import run_cli
+from .images import jpeg_bytes, photo, with_exif_orientation
+from .storecheck import rows
+
+FAULTS_ENV = "DINOSEARCH_TEST_DECODE_FAULTS"
+TIMEOUT = 10.0  # seconds a decode may take here: the hanging file's, and a crashed file's retry on a new worker
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> str:
+    """A local Ray cluster of 2 CPUs whose workers honour the test-only decode faults."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'dinosearch[ray]' (the test extra has it)")
+    import logging
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+             runtime_env={"env_vars": {FAULTS_ENV: "1"}})
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+def _folder(root: Path) -> dict[str, str | None]:
+    """Good, corrupt, huge and hostile files. name -> the failure kind expected (None: indexed)."""
+    files = {
+        "a.jpg": (jpeg_bytes(photo(640, 480, seed=1)), None),
+        "b.png": (H.encode(photo(300, 200, seed=2), "PNG"), None),
+        "sub/c.jpg": (with_exif_orientation(photo(400, 300, seed=3), 6), None),
+        "sub/copy-of-a.jpg": (jpeg_bytes(photo(640, 480, seed=1)), None),
+        "d.webp": (H.encode(photo(256, 256, seed=4), "WEBP"), None),
+        "empty.jpg": (b"", "empty"),
+        "truncated.jpg": (jpeg_bytes(photo(320, 240, seed=5))[:4000], "corrupt"),
+        "pdf.jpg": (H.PDF, "not-an-image"),
+        "absurd.png": (H.png(65535, 65535, rows=1), "too-large"),
+        "codec-segfault.jpg": (H.fault("segfault"), "crashed"),
+        "codec-hang.jpg": (H.fault("hang"), "timeout"),
+    }
+    for name, (data, _) in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return {name: kind for name, (_, kind) in files.items()}
+
+
+def _state(index_dir: Path, root: Path) -> tuple[dict[str, tuple], dict[str, str]]:
+    """(path -> (hash, size, mtime, format, vector)), (path -> failure kind), paths relative to root."""
+    with Index(index_dir, create=False) as ix:
+        found = {os.path.relpath(p, root): (r.content_hash, r.size, r.mtime_ns, ix.file_of(r.id)["format"],
+                                             np.frombuffer(r.vector, dtype="<f4"))
+                 for p, r in rows(index_dir).items()}
+        failed = {os.path.relpath(f.path, root): f.error for f in ix.failures()}
+    return found, failed
+
+
+def test_ray_gives_the_local_rows_vectors_and_failures(ray_address, tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv(FAULTS_ENV, "1")  # the local decode workers inherit it
+    root = tmp_path / "photos"
+    expected = _folder(root)
+    with Index(tmp_path / "local", model=tiny_model, workers=2) as ix:
+        local_report = ix.add(root, decode_timeout=TIMEOUT)
+    with Index(tmp_path / "ray", model=tiny_model) as ix:
+        ray_report = ix.add(root, decode_timeout=TIMEOUT, ray="auto")  # this process's cluster
+
+    assert (ray_report.added, ray_report.failed) == (local_report.added, local_report.failed) == (5, 6)
+    local, local_failed = _state(tmp_path / "local", root)
+    got, got_failed = _state(tmp_path / "ray", root)
+    assert got_failed == local_failed == {n: k for n, k in expected.items() if k is not None}
+    assert set(got) == set(local) == {n for n, k in expected.items() if k is None}
+    for name, (h, size, mtime, fmt, v) in got.items():
+        assert (h, size, mtime, fmt) == local[name][:4], name
+        assert float(v @ local[name][4]) >= 0.9999, name
+    with Index(tmp_path / "ray", create=False) as ix:  # searchable: FAISS was written by the same writer
+        assert ix.stats().vectors == 5
+        assert ix.search(root / "a.jpg", k=1)[0].path == str(root / "sub" / "copy-of-a.jpg")
+
+
+def test_incremental_rules_through_ray(ray_address, tiny_model, tmp_path):
+    root = tmp_path / "photos"
+    root.mkdir()
+    for i in range(4):
+        (root / f"p{i}.jpg").write_bytes(jpeg_bytes(photo(320, 240, seed=10 + i)))
+    with Index(tmp_path / "ix", model=tiny_model) as ix:
+        first = ix.add(root, ray="auto")
+        assert (first.added, first.embedded, first.failed) == (4, 4, 0)
+        before = rows(tmp_path / "ix")
+
+        (root / "new.jpg").write_bytes(jpeg_bytes(photo(320, 240, seed=20)))  # add
+        (root / "p0.jpg").write_bytes(jpeg_bytes(photo(300, 200, seed=21)))  # modify
+        os.rename(root / "p1.jpg", root / "renamed.jpg")  # rename: the stored vector is reused
+        (root / "p2.jpg").unlink()  # delete
+        again = ix.add(root, ray="auto")
+        assert (again.added, again.updated, again.removed, again.unchanged, again.failed) == (2, 1, 2, 1, 0)
+        assert again.embedded == 2  # the new file and the modified one; the rename needed no model
+        after = rows(tmp_path / "ix")
+        assert set(after) == {str(root / n) for n in ("p0.jpg", "renamed.jpg", "p3.jpg", "new.jpg")}
+        assert after[str(root / "p0.jpg")].id == before[str(root / "p0.jpg")].id  # a changed file keeps its id
+        assert after[str(root / "renamed.jpg")].vector == before[str(root / "p1.jpg")].vector
+
+        unchanged = ix.add(root, ray="auto")
+        assert (unchanged.added, unchanged.updated, unchanged.removed, unchanged.unchanged) == (0, 0, 0, 4)
+        with pytest.raises(PathNotFoundError):
+            ix.add(tmp_path / "not-there", ray="auto")
+    assert rows(tmp_path / "ix") == after  # the missing root changed nothing
+
+
+def test_a_node_that_cannot_read_a_root_stops_the_run_early(ray_address):
+    import ray
+
+    from dinosearch.ray_cluster import check_nodes_can_read
+
+    missing = ImageFile(path="/nonexistent-root/x.jpg", root="/nonexistent-root", size=1, mtime_ns=0)
+    with pytest.raises(DinosearchError, match="cannot read /nonexistent-root.*same path"):
+        check_nodes_can_read(ray, [missing])
+
+
+def test_cli_ray_address_gives_the_same_json_report(ray_address, tiny_model, tmp_path):
+    root = tmp_path / "photos"
+    root.mkdir()
+    for i in range(3):
+        (root / f"p{i}.jpg").write_bytes(jpeg_bytes(photo(200, 150, seed=30 + i)))
+    (root / "bad.jpg").write_bytes(b"not an image at all")
+    env = {**os.environ, "DINOSEARCH_INDEX": str(tmp_path / "ix"), "DINOSEARCH_MODEL": tiny_model}
+    proc = run_cli("index", str(root), "--json", "--ray", ray_address, env=env, check=True)
+    report = json.loads(proc.stdout)
+    assert set(report) == {"added", "updated", "removed", "unchanged", "failed", "seconds", "images_per_second"}
+    assert (report["added"], report["failed"]) == (3, 1)
+    failures = json.loads(run_cli("failures", "--json", env=env, check=True).stdout)
+    assert [(Path(f["path"]).name, f["error"]) for f in failures] == [("bad.jpg", "not-an-image")]
+
+
+def test_without_ray_the_flag_says_how_to_install_it(tiny_model, tmp_path):
+    shadow = tmp_path / "no-ray"  # a `ray` that cannot be imported, first on the path
+    (shadow / "ray").mkdir(parents=True)
+    (shadow / "ray" / "__init__.py").write_text("raise ImportError('No module named ray')\n")
+    root = tmp_path / "photos"
+    root.mkdir()
+    (root / "p.jpg").write_bytes(jpeg_bytes(photo(200, 150, seed=40)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shadow), *sys.path]),
+           "DINOSEARCH_INDEX": str(tmp_path / "ix"), "DINOSEARCH_MODEL": tiny_model}
+    proc = run_cli("index", str(root), "--ray", env=env)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "dinosearch: --ray needs Ray, which is not installed: pip install 'dinosearch[ray]' (on every machine of the cluster)"
+    ]
+    assert rows(tmp_path / "ix") == {}
