@@ -13,7 +13,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +36,9 @@ MAX_PIXELS = 2 * 89_478_485  # = decode.MAX_PIXELS, checked by a test
 DEFAULT_MODEL = "facebook/dinov2-small"
 
 ImageLike = Any  # a path (str / os.PathLike), file bytes, or a PIL.Image.Image
+
+if TYPE_CHECKING:
+    from .label import Prediction
 
 
 def _warn_mixed_precision(report: IndexReport, made_with: ModelFingerprint | None, embedder: Embedder | None) -> IndexReport:
@@ -151,11 +154,14 @@ class Index:
         progress: Callable[[int, int], None] | None = None,
         decode_timeout: float = 60.0,
         max_pixels: int = MAX_PIXELS,
+        label_from_folder: bool = False,
     ) -> IndexReport:
         """Index (or re-index) folders and files; only what changed since the last run is done.
 
         `metadata`: a CSV or JSON-lines file whose `path` column (relative to a PATH) names an image;
         its other columns are attached to that image. Rows naming unknown files are reported.
+        `label_from_folder`: each image under the PATHs gets its folder's name as metadata `label`,
+        unless its metadata already has a `label` (a metadata file's column wins).
         """
         from . import index as indexer
 
@@ -177,6 +183,8 @@ class Index:
             )
             if rows is not None:
                 report = self._attach_metadata(rows, [os.path.abspath(os.fspath(p)) for p in paths], report)
+            if label_from_folder:
+                report = self._attach_folder_labels([os.path.abspath(os.fspath(p)) for p in paths], report)
             self._sync_vectors(force=changed)
         return _warn_mixed_precision(report, fp, self._embedder)
 
@@ -189,6 +197,13 @@ class Index:
             shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
             warnings.append(f"{rows.source}: {len(unknown)} row(s) name files that are not indexed: {shown}")
         return replace(report, warnings=tuple(warnings), metadata_matched=len(matched), metadata_unknown=tuple(unknown))
+
+    def _attach_folder_labels(self, roots: list[str], report: IndexReport) -> IndexReport:
+        from .label import DEFAULT_KEY, folder_label
+
+        indexed = self.catalogue.known_under(roots)
+        n = self.catalogue.set_default_metadata({p: {DEFAULT_KEY: folder_label(p)} for p in indexed})
+        return replace(report, labelled=n)
 
     def _sync_vectors(self, *, force: bool) -> None:
         """Make the FAISS file match SQLite (writer lock held)."""
@@ -352,6 +367,36 @@ class Index:
         if vector is None:
             raise UnknownImageError(f"no indexed image has id {image_id}")
         return self.search_vector(vector, k=k, where=where, exclude_ids={int(image_id)})
+
+    def label(self, *images: ImageLike, by: str = "label", k: int = 20) -> list["Prediction"]:
+        """Predict metadata `by` for each image (not their mean) by a similarity-weighted vote of
+        its k nearest labelled images (dinosearch.label). A query file that is itself indexed does
+        not vote for itself. Raises NoLabelsError when no indexed image has a value for `by`."""
+        if not images:
+            raise ImageError("no query image given")
+        out = []
+        for image in images:
+            v, same = self.vector_of(image)
+            query = os.fspath(image) if isinstance(image, (str, os.PathLike)) else "image"
+            out.append(self.label_vector(v, by=by, k=k, exclude_ids={same} if same is not None else set(), query=query))
+        return out
+
+    def label_vector(
+        self, vector: np.ndarray, *, by: str = "label", k: int = 20, exclude_ids: set[int] | frozenset[int] = frozenset(), query: str = "vector"
+    ) -> "Prediction":
+        """The vote of the k labelled images nearest to a (dim,) vector (normalised here)."""
+        from .errors import NoLabelsError
+        from .label import nearest_labelled, predict
+
+        ids, _ = self.catalogue.labelled(by)
+        loaded = self.refresh()
+        if loaded is None or len(ids) == 0:
+            raise NoLabelsError(
+                f"no indexed image has a {by!r} value; index with --label-from-folder, or attach one with --metadata"
+            )
+        q = l2_normalise(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
+        hits = nearest_labelled(self.catalogue, loaded.index, q, ids=ids, k=k, exclude_ids=exclude_ids)
+        return predict(hits, by=by, query=query)
 
     def stats(self) -> Stats:
         fp = self.fingerprint

@@ -103,6 +103,9 @@ def index(
     metadata: Optional[Path] = typer.Option(
         None, "--metadata", help="CSV or JSON-lines file: a `path` column relative to PATH, other columns attached"
     ),
+    label_from_folder: bool = typer.Option(
+        False, "--label-from-folder", help="Set each image's `label` metadata to its folder's name (a metadata file's label wins)"
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Index images under PATHs; re-running only does the work that changed."""
@@ -111,7 +114,8 @@ def index(
         ix = _open(index, create=True, model=model or settings.model_from_env(), device=device.value,
                    backend=backend.value, precision=precision.value, batch_size=batch_size, workers=workers)
         with ix, _progress(enabled=not as_json and sys.stderr.isatty()) as progress:
-            report = ix.add(*paths, follow_symlinks=follow_symlinks, metadata=metadata, progress=progress)
+            report = ix.add(*paths, follow_symlinks=follow_symlinks, metadata=metadata, progress=progress,
+                            label_from_folder=label_from_folder)
         for w in report.warnings:
             _err(f"warning: {w}")
         if as_json:
@@ -125,6 +129,8 @@ def index(
             )
             if report.metadata_matched is not None:
                 typer.echo(f"metadata attached to {report.metadata_matched} images")
+            if report.labelled is not None:
+                typer.echo(f"folder names set as the label of {report.labelled} images")
 
     _run(go)
 
@@ -315,6 +321,36 @@ def serve(
             "dinosearch.web.app:app_from_env", factory=True, host=host, port=port,
             proxy_headers=False, server_header=False, log_level="info", timeout_graceful_shutdown=5,
         )
+
+    _run(go)
+
+
+@app.command()
+def label(
+    images: list[Path] = typer.Argument(..., help="Image(s) to label, each on its own", show_default=False),
+    index: Optional[Path] = IndexOpt,
+    by: str = typer.Option("label", "--by", help="The metadata key to predict"),
+    k: int = typer.Option(20, "-k", "--k", min=1, help="How many labelled neighbours vote"),
+    model: Optional[str] = typer.Option(None, "--model", help="Model for images not in the index [default: the index's]"),
+    device: Device = typer.Option(Device.auto, "--device", help="Where the model runs, if needed"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Predict a metadata value (default: label) by a vote of the nearest labelled images."""
+
+    def go() -> None:
+        with _open(index, create=False, model=model or settings.model_from_env(), device=device.value) as ix:
+            predictions = ix.label(*images, by=by, k=k)
+        if as_json:
+            typer.echo(json.dumps({"predictions": [p.to_dict() for p in predictions]}, ensure_ascii=False))
+            return
+        from .label import value_of
+
+        for p in predictions:
+            shown = ", ".join(f"{_safe(v.value)} {v.confidence:.2f}" for v in p.labels[:3]) or "no labelled neighbour"
+            typer.echo(f"{_safe(display_path(p.query))}: {shown}")
+            for h in p.neighbours:
+                value = _safe(value_of(h.metadata, by) or "")
+                typer.echo(f"  {h.rank:>3}  {h.score:.3f}  {value}  {_safe(display_path(h.path))}")
 
     _run(go)
 

@@ -42,3 +42,7 @@ class ImageError(DinosearchError):
 
 class UnknownImageError(DinosearchError):
     """No indexed image has this id."""
+
+
+class NoLabelsError(DinosearchError):
+    """No indexed image has a value for the metadata key a command needs (label, eval)."""

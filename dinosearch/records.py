@@ -118,6 +118,7 @@ class IndexReport:
     warnings: tuple[str, ...] = field(default_factory=tuple)
     metadata_matched: int | None = None  # with a metadata file: rows attached to images
     metadata_unknown: tuple[str, ...] = ()  # ... and rows naming files that are not indexed
+    labelled: int | None = None  # with label_from_folder: images whose `label` was set or kept
 
     @property
     def images_per_second(self) -> float:
@@ -136,6 +137,8 @@ class IndexReport:
         }
         if self.metadata_matched is not None:
             d["metadata"] = {"matched": self.metadata_matched, "unknown": [display_path(p) for p in self.metadata_unknown]}
+        if self.labelled is not None:
+            d["labelled"] = self.labelled
         return d
 
 

@@ -39,6 +39,11 @@ def prefix_range(root: str) -> tuple[bytes, bytes]:
     return lo, lo[:-1] + bytes([lo[-1] + 1])
 
 
+def json_path(key: str) -> str:
+    """A SQLite JSON path naming one top-level key, whatever characters it holds."""
+    return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def vector_bytes(vector: np.ndarray) -> bytes:
     return np.asarray(vector, dtype="<f4").tobytes()
 
@@ -333,7 +338,7 @@ class Catalogue:
         """Ids whose metadata has every key equal to the value (compared as text)."""
         q = select(images.c.id)
         for i, (key, value) in enumerate(where.items()):
-            jpath = '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            jpath = json_path(key)
             q = q.where(
                 cast(func.json_extract(images.c.meta_json, bindparam(f"k{i}", jpath)), Text) == bindparam(f"v{i}", value)
             )
@@ -342,6 +347,29 @@ class Catalogue:
 
     def disk_bytes(self) -> int:
         return disk_bytes(self.dir)
+
+    def set_default_metadata(self, defaults_by_path: dict[str, dict[str, Any]]) -> int:
+        """Add keys to indexed paths' metadata where they have no value yet (existing keys win).
+
+        Returns how many rows were updated. No version bump, as for set_metadata.
+        """
+        n = 0
+        with self.engine.begin() as conn:
+            for path, defaults in defaults_by_path.items():
+                patch = bindparam("defaults", json.dumps(defaults, ensure_ascii=False))
+                merged = func.json_patch(patch, func.coalesce(images.c.meta_json, "{}"))
+                n += conn.execute(
+                    update(images).where(images.c.path == path_key(path)).values(meta_json=merged)
+                ).rowcount
+        return n
+
+    def labelled(self, key: str) -> tuple[np.ndarray, list[str]]:
+        """Ids (n,) int64 in id order whose metadata has a non-empty `key`, and each one's value as text."""
+        value = cast(func.json_extract(images.c.meta_json, bindparam("k", json_path(key))), Text)
+        q = select(images.c.id, value).where(value.is_not(None) & (value != "")).order_by(images.c.id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)), [r[1] for r in rows]
 
 
 def _bump(conn: Any) -> None:
