@@ -38,6 +38,7 @@ DEFAULT_MODEL = "facebook/dinov2-small"
 ImageLike = Any  # a path (str / os.PathLike), file bytes, or a PIL.Image.Image
 
 if TYPE_CHECKING:
+    from .evaluate import Evaluation
     from .label import Prediction
 
 
@@ -397,6 +398,31 @@ class Index:
         q = l2_normalise(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
         hits = nearest_labelled(self.catalogue, loaded.index, q, ids=ids, k=k, exclude_ids=exclude_ids)
         return predict(hits, by=by, query=query)
+
+    def evaluate(
+        self, *, by: str = "label", sample: int | None = None, k: int = 20, copies: str | os.PathLike[str] | None = None, seed: int = 0
+    ) -> "Evaluation":
+        """Leave-one-out Recall@1/5/10, mAP@R and k-NN accuracy of metadata `by` over the labelled
+        images (dinosearch.evaluate); with `copies`, a folder of derived images named after their
+        originals (`bag-red~crop.jpg` for `bag-red.jpg`), Recall@K of each copy's original too.
+        `sample`: at most this many queries (seeded). Raises NoLabelsError without labels."""
+        from . import evaluate as ev
+        from .errors import NoLabelsError
+
+        ids, values = self.catalogue.labelled(by)
+        if len(ids) == 0:
+            raise NoLabelsError(
+                f"no indexed image has a {by!r} value; index with --label-from-folder, or attach one with --metadata"
+            )
+        chunks = [(i, v) for i, v in self.catalogue.iter_vectors()]
+        all_ids = np.concatenate([i for i, _ in chunks])
+        vectors = np.concatenate([v for _, v in chunks])[np.searchsorted(all_ids, ids)]  # both in id order
+        scores, skipped = ev.leave_one_out(vectors, values, k=k, sample=sample, seed=seed)
+        result = ev.Evaluation(by, len(ids), len(set(values)), skipped, k, scores)
+        if copies is None:
+            return result
+        ranks, unnamed = ev.copy_ranks(self, copies)
+        return replace(result, duplicates=ev.duplicate_scores(ranks), duplicates_skipped=tuple(unnamed))
 
     def stats(self) -> Stats:
         fp = self.fingerprint

@@ -130,7 +130,7 @@ def index(
             if report.metadata_matched is not None:
                 typer.echo(f"metadata attached to {report.metadata_matched} images")
             if report.labelled is not None:
-                typer.echo(f"folder names set as the label of {report.labelled} images")
+                typer.echo(f"{report.labelled} images labelled (their folder's name, unless their metadata has a label)")
 
     _run(go)
 
@@ -325,14 +325,19 @@ def serve(
     _run(go)
 
 
+ByOpt = typer.Option("label", "--by", help="The metadata key: its values are the labels (equal values: the same class)")
+KnnOpt = typer.Option(20, "-k", "--k", min=1, help="How many labelled neighbours vote")
+DeviceIfNeededOpt = typer.Option(Device.auto, "--device", help="Where the model runs, if needed")
+
+
 @app.command()
 def label(
     images: list[Path] = typer.Argument(..., help="Image(s) to label, each on its own", show_default=False),
     index: Optional[Path] = IndexOpt,
-    by: str = typer.Option("label", "--by", help="The metadata key to predict"),
-    k: int = typer.Option(20, "-k", "--k", min=1, help="How many labelled neighbours vote"),
+    by: str = ByOpt,
+    k: int = KnnOpt,
     model: Optional[str] = typer.Option(None, "--model", help="Model for images not in the index [default: the index's]"),
-    device: Device = typer.Option(Device.auto, "--device", help="Where the model runs, if needed"),
+    device: Device = DeviceIfNeededOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Predict a metadata value (default: label) by a vote of the nearest labelled images."""
@@ -351,6 +356,41 @@ def label(
             for h in p.neighbours:
                 value = _safe(value_of(h.metadata, by) or "")
                 typer.echo(f"  {h.rank:>3}  {h.score:.3f}  {value}  {_safe(display_path(h.path))}")
+
+    _run(go)
+
+
+@app.command("eval")
+def eval_(
+    index: Optional[Path] = IndexOpt,
+    by: str = ByOpt,
+    sample: Optional[int] = typer.Option(None, "--sample", min=1, help="At most N queries, drawn at random (seeded) [default: all]"),
+    k: int = KnnOpt,
+    copies: Optional[Path] = typer.Option(
+        None, "--copies", help="A folder of derived copies named after their originals (bag-red~crop.jpg for bag-red.jpg)"
+    ),
+    model: Optional[str] = typer.Option(None, "--model", help="Model for the copies [default: the index's]"),
+    device: Device = DeviceIfNeededOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Measure retrieval quality on the index's own labels, leave-one-out."""
+
+    def go() -> None:
+        with _open(index, create=False, model=model or settings.model_from_env(), device=device.value) as ix:
+            result = ix.evaluate(by=by, sample=sample, k=k, copies=copies)
+        if as_json:
+            typer.echo(json.dumps(result.to_dict(), ensure_ascii=False))
+            return
+        typer.echo(
+            f"{result.images} images with a {_safe(by)!r} value, {result.values} distinct; "
+            f"{result.retrieval.queries} queries ({result.skipped} skipped: a value no other image has)"
+        )
+        rows = [("retrieval", result.retrieval)] + ([("near-duplicates", result.duplicates)] if result.duplicates else [])
+        for name, scores in rows:
+            figures = "  ".join(f"{key} {value:.3f}" for key, value in scores.to_dict().items() if key != "queries")
+            typer.echo(f"{name:>16}: {figures}  ({scores.queries} queries)")
+        if result.duplicates_skipped:
+            typer.echo(f"{len(result.duplicates_skipped)} copies skipped: no indexed image (or several) has their name")
 
     _run(go)
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from ..decode import DecodeError
-from ..errors import UnknownImageError
+from ..errors import NoLabelsError, UnknownImageError
 from ..records import Hit, display_path
 from . import auth
 from .engine import QueryEngine
@@ -39,8 +39,21 @@ class Result(BaseModel):
     image_url: str
 
 
+class Vote(BaseModel):
+    value: str
+    confidence: float
+    votes: int
+
+
+class Prediction(BaseModel):
+    by: str
+    label: str | None
+    labels: list[Vote]  # the top values, best first
+
+
 class Results(BaseModel):
     results: list[Result]
+    prediction: Prediction | None = None  # only when the index has labels (sent only then)
 
 
 class StatsOut(BaseModel):
@@ -91,7 +104,10 @@ SEARCH_BODY = {
 }
 
 
-@api.post("/search", response_model=Results, openapi_extra=SEARCH_BODY, summary="Images like an uploaded one")
+@api.post(
+    "/search", response_model=Results, response_model_exclude_unset=True, openapi_extra=SEARCH_BODY,
+    summary="Images like an uploaded one",
+)
 async def search(request: Request) -> Results:
     settings = request.app.state.settings
     content_type = request.headers.get("content-type", "")
@@ -117,10 +133,13 @@ async def search(request: Request) -> Results:
     except DecodeError as exc:
         raise HTTPException(_decode_status(exc.kind), f"image: {exc.message}") from None
     hits = await engine.read(engine.index.search_vector, vector, k=k, where=where)
-    return _results(request, hits)
+    return _results(request, hits, await _prediction(engine, vector))
 
 
-@api.get("/images/{image_id}/similar", response_model=Results, summary="More like an indexed image")
+@api.get(
+    "/images/{image_id}/similar", response_model=Results, response_model_exclude_unset=True,
+    summary="More like an indexed image",
+)
 async def similar(
     request: Request,
     image_id: ImageId,
@@ -136,7 +155,8 @@ async def similar(
         hits = await engine.read(engine.index.similar, wanted, k=k, where=filters)
     except UnknownImageError:
         raise HTTPException(404, f"no indexed image has id {wanted}") from None
-    return _results(request, hits)
+    vector = await engine.read(engine.index.catalogue.vector_of, wanted)
+    return _results(request, hits, await _prediction(engine, vector, exclude_ids={wanted}))
 
 
 @api.get("/stats", response_model=StatsOut, summary="What the index holds (as `dinosearch stats --json`)")
@@ -241,7 +261,18 @@ def _decode_status(kind: str) -> int:
     return 422  # corrupt, truncated, crashed or timed out: an image we could not use
 
 
-def _results(request: Request, hits: list[Hit]) -> Results:
+async def _prediction(engine: QueryEngine, vector: Any, exclude_ids: set[int] | None = None) -> Prediction | None:
+    """The k-NN vote for `label` (dinosearch.label), or None when the index has no labels."""
+    if vector is None:
+        return None
+    try:
+        p = await engine.read(engine.index.label_vector, vector, exclude_ids=exclude_ids or set())
+    except NoLabelsError:
+        return None
+    return Prediction(by=p.by, label=p.value, labels=[Vote(**v.to_dict()) for v in p.labels[:3]])
+
+
+def _results(request: Request, hits: list[Hit], prediction: Prediction | None = None) -> Results:
     key = request.app.state.settings.api_key
     root = request.scope.get("root_path", "").rstrip("/")
 
@@ -261,7 +292,8 @@ def _results(request: Request, hits: list[Hit]) -> Results:
                 image_url=url("image", h.id, ""),
             )
             for h in hits
-        ]
+        ],
+        **({"prediction": prediction} if prediction is not None else {}),
     )
 
 

@@ -8,7 +8,7 @@
     file: $("file"), k: $("k"), status: $("status"), results: $("results"), stats: $("stats"),
     query: $("query"), queryImg: $("query-img"), queryLabel: $("query-label"),
     filterForm: $("filter-form"), filterInput: $("filter-input"), filterList: $("filter-list"),
-    keyForm: $("key-form"), keyInput: $("key-input"),
+    keyForm: $("key-form"), keyInput: $("key-input"), prediction: $("prediction"),
   };
   const maxBytes = Number(document.body.dataset.maxBytes) || 20 * 1024 * 1024;
   const SHOWN = new Set(["title", "name", "price", "link", "url"]); // rendered as text, not as filter values
@@ -76,6 +76,7 @@
       }
       if (mine !== generation) return;
       render(body.results || []);
+      showPrediction(body.prediction);
       const n = (body.results || []).length;
       setStatus(n ? n + (n === 1 ? " result" : " results") : "No results" + (filters.length ? " with these filters." : "."));
     } catch (err) {
@@ -128,6 +129,16 @@
     if (className) node.className = className;
     if (text !== undefined) node.textContent = text;
     return node;
+  }
+
+  // The index's labels, voted by the nearest labelled images: only when the index has labels.
+  function showPrediction(p) {
+    const shown = !!(p && p.label);
+    els.prediction.hidden = !shown;
+    if (!shown) { els.prediction.textContent = ""; return; }
+    const others = p.labels.slice(1).map((v) => v.value + " " + Math.round(v.confidence * 100) + "%");
+    els.prediction.textContent = "Predicted " + p.by + ": " + p.label + " (" + Math.round(p.labels[0].confidence * 100) + "%)"
+      + (others.length ? "; then " + others.join(", ") : "");
   }
 
   function render(results) {
