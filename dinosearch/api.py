@@ -39,6 +39,7 @@ ImageLike = Any  # a path (str / os.PathLike), file bytes, or a PIL.Image.Image
 
 if TYPE_CHECKING:
     from .evaluate import Evaluation
+    from .export import ExportReport
     from .label import Prediction
 
 
@@ -423,6 +424,16 @@ class Index:
             return result
         ranks, unnamed = ev.copy_ranks(self, copies)
         return replace(result, duplicates=ev.duplicate_scores(ranks), duplicates_skipped=tuple(unnamed))
+
+    def export(self, path: str | os.PathLike[str], *, format: str = "npy") -> "ExportReport":
+        """Write ids, paths, metadata and vectors to `path` (format npy, jsonl or parquet; the layouts
+        are in dinosearch.export). Raises DinosearchError on an empty index or a file that cannot be written."""
+        from .export import export
+
+        fp = self.fingerprint
+        if fp is None:
+            raise DinosearchError(f"the index at {self.dir} holds no images yet; nothing to export")
+        return export(self.catalogue, fp, fmt=format, path=path)
 
     def stats(self) -> Stats:
         fp = self.fingerprint

@@ -395,6 +395,34 @@ def eval_(
     _run(go)
 
 
+class ExportFormat(str, Enum):
+    npy = "npy"
+    jsonl = "jsonl"
+    parquet = "parquet"
+
+
+@app.command("export")
+def export_(
+    index: Optional[Path] = IndexOpt,
+    fmt: ExportFormat = typer.Option(ExportFormat.npy, "--format", help="npy (+ .ids.jsonl beside it), jsonl, or parquet (needs pyarrow)"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="File to write [default: dinosearch-export.FORMAT]"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Write ids, paths, metadata and vectors to a file, for use elsewhere."""
+
+    def go() -> None:
+        from .export import default_path
+
+        with _open(index, create=False) as ix:
+            report = ix.export(output or default_path(fmt.value), format=fmt.value)
+        if as_json:
+            typer.echo(json.dumps(report.to_dict(), ensure_ascii=False))
+        else:
+            typer.echo(f"{report.images} images ({report.dim}-d vectors) written to {', '.join(_safe(f) for f in report.files)}")
+
+    _run(go)
+
+
 def main() -> None:
     app()
 

@@ -371,6 +371,22 @@ class Catalogue:
             rows = conn.execute(q).all()
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)), [r[1] for r in rows]
 
+    def snapshot(self, chunk: int = 10_000) -> Iterator[Any]:
+        """Every image in id order, from one consistent read: first the row count (int), then chunks
+        of (ids (n,) int64, paths [str], metadata [dict | None], vectors (n, dim) float32)."""
+        cols = (images.c.id, images.c.path, images.c.meta_json, images.c.vector)
+        with self.engine.begin() as conn:  # one transaction: the count and the rows agree
+            yield int(conn.execute(select(func.count()).select_from(images)).scalar() or 0)
+            last = 0
+            while True:
+                rows = conn.execute(select(*cols).where(images.c.id > last).order_by(images.c.id).limit(chunk)).all()
+                if not rows:
+                    return
+                ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+                vecs = np.frombuffer(b"".join(r[3] for r in rows), dtype="<f4").reshape(len(rows), -1)
+                yield ids, [path_of(r[1]) for r in rows], [json.loads(r[2]) if r[2] else None for r in rows], vecs
+                last = int(ids[-1])
+
 
 def _bump(conn: Any) -> None:
     updated = conn.execute(
