@@ -84,6 +84,9 @@ class Index:
         workers: int | None = None,
         embedder: Embedder | None = None,
         create: bool = True,
+        crop_mode: str | None = None,
+        resolution: int | None = None,
+        pooling: str | None = None,
     ):
         self.dir = Path(directory).expanduser()
         if not create and not (self.dir / DB_NAME).exists():
@@ -93,6 +96,8 @@ class Index:
         self._device, self._precision, self._backend = device, precision, backend
         self._batch_size, self._workers = batch_size, workers
         self._embedder = embedder
+        # None: as the index was made (dinosearch.prepare), else the checkpoint's centre crop and CLS.
+        self._prepare = {"crop_mode": crop_mode, "resolution": resolution, "pooling": pooling}
         self._checked = False
         self._lock = threading.RLock()  # the in-memory vectors are shared by a server's threads
         # Loading the model (seconds; a first conversion for some backends) must not hold up searches
@@ -127,10 +132,19 @@ class Index:
                     batch_size=self._batch_size,
                     backend=self._backend,
                     cache_dir=self.dir / CACHE_DIR,
+                    **self._preparation(),
                 )
             if not self._checked:
                 self._checked = self._check_model(self._embedder.fingerprint, record=record)
             return self._embedder
+
+    def _preparation(self) -> dict[str, Any]:
+        """Crop mode, resolution and pooling for the model: those asked for, else the index's own."""
+        from .prepare import options_of
+
+        fp = self.fingerprint
+        made = options_of(fp) if fp else {"crop_mode": "center", "resolution": None, "pooling": "cls"}
+        return {key: made[key] if asked is None else asked for key, asked in self._prepare.items()}
 
     def _check_model(self, fp: ModelFingerprint, *, record: bool) -> bool:
         """Raise if the index was made by another model; returns whether the check is settled."""
@@ -139,6 +153,13 @@ class Index:
             if record:
                 self.catalogue.set_settings({MODEL_KEY: fp.to_dict()})
             return record
+        if recorded.weights == fp.weights and recorded.key() != fp.key():
+            from .prepare import describe_options
+
+            raise ModelMismatchError(
+                f"this index was made with images prepared with {describe_options(recorded)}, not "
+                f"{describe_options(fp)}; leave those options out to use the index's, or start a new index with --index NEW_DIR"
+            )
         if recorded.key() != fp.key():
             raise ModelMismatchError(
                 f"this index was made with model '{recorded.model}' (dim {recorded.dim}, weights {recorded.weights[:12]}), "
@@ -170,8 +191,9 @@ class Index:
         rows = read_metadata(metadata) if metadata is not None else None
         with WriterLock(self.dir):
             fp = self.fingerprint
-            if self._model and fp and self._model != fp.model:
-                self.embedder(record=True)  # another model named: check it now, before anything is written
+            asked = any(v is not None for v in self._prepare.values())
+            if fp and ((self._model and self._model != fp.model) or asked):
+                self.embedder(record=True)  # another model or preparation named: check it now, before anything is written
             report, changed = indexer.run(
                 self.catalogue,
                 [os.fspath(p) for p in paths],

@@ -47,6 +47,18 @@ class Precision(str, Enum):
     int8 = "int8"
 
 
+class CropMode(str, Enum):
+    center = "center"
+    squash = "squash"
+    border = "border"
+
+
+class Pooling(str, Enum):
+    cls = "cls"
+    cls_mean = "cls+mean"
+    gem = "gem"
+
+
 BackendOpt = typer.Option(
     Backend.torch, "--backend", envvar="DINOSEARCH_BACKEND",
     help="How the model runs: torch, compile (torch.compile), openvino or onnxruntime "
@@ -103,6 +115,17 @@ def index(
     metadata: Optional[Path] = typer.Option(
         None, "--metadata", help="CSV or JSON-lines file: a `path` column relative to PATH, other columns attached"
     ),
+    crop_mode: Optional[CropMode] = typer.Option(
+        None, "--crop-mode", help="center (the checkpoint's centre crop), squash (whole image to the square) or "
+        "border (letterbox on the mean colour) [default: the index's, else center]",
+    ),
+    resolution: Optional[int] = typer.Option(
+        None, "--resolution", help="Side of the model's input square, a multiple of 14 [default: the index's, else 224]"
+    ),
+    pooling: Optional[Pooling] = typer.Option(
+        None, "--pooling", help="cls, cls+mean (CLS + mean of the patch tokens) or gem (over patch tokens) "
+        "[default: the index's, else cls]",
+    ),
     label_from_folder: bool = typer.Option(
         False, "--label-from-folder", help="Set each image's `label` metadata to its folder's name (a metadata file's label wins)"
     ),
@@ -112,7 +135,9 @@ def index(
 
     def go() -> None:
         ix = _open(index, create=True, model=model or settings.model_from_env(), device=device.value,
-                   backend=backend.value, precision=precision.value, batch_size=batch_size, workers=workers)
+                   backend=backend.value, precision=precision.value, batch_size=batch_size, workers=workers,
+                   crop_mode=crop_mode.value if crop_mode else None, resolution=resolution,
+                   pooling=pooling.value if pooling else None)
         with ix, _progress(enabled=not as_json and sys.stderr.isatty()) as progress:
             report = ix.add(*paths, follow_symlinks=follow_symlinks, metadata=metadata, progress=progress,
                             label_from_folder=label_from_folder)

@@ -33,12 +33,13 @@ class Preprocess:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     rescale: float = 1 / 255
+    crop_mode: str = "center"  # center (resize + centre crop), squash or border: dinosearch.prepare
 
     def describe(self) -> str:
         return (
             f"resize{self.resize_shortest}-crop{self.crop_height}x{self.crop_width}-resample{self.resample}"
             f"-mean{','.join(f'{m:.4f}' for m in self.mean)}-std{','.join(f'{s:.4f}' for s in self.std)}"
-        )
+        ) + ("" if self.crop_mode == "center" else f"-{self.crop_mode}")  # centre: as before, same indexes
 
 
 @dataclass(frozen=True)
