@@ -174,7 +174,8 @@ class Dinov2Embedder:
             precision=self.precision,
             device=self.device,
             image_size=(self.preprocess.crop_height, self.preprocess.crop_width),
-            cache=(os.fspath(cache_dir), weights) if cache_dir is not None else None,
+            # A converted model holds its pooling: keep each pooling's conversion apart (cls as before).
+            cache=(os.fspath(cache_dir), weights if pooling == "cls" else f"{weights}-{pooling}") if cache_dir is not None else None,
         )
         self.backend = backend
         if backend == "onnxruntime":

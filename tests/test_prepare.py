@@ -141,3 +141,14 @@ def test_the_default_fingerprint_is_unchanged(tiny_model: str) -> None:
     """Indexes made before these options existed keep matching the default preparation."""
     pre = Dinov2Embedder(tiny_model, device="cpu").preprocess
     assert pre.describe() == "resize256-crop224x224-resample3-mean0.4850,0.4560,0.4060-std0.2290,0.2240,0.2250"
+
+
+def test_onnxruntime_pools_alike_and_caches_each_pooling_apart(tiny_model: str, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    backend = "onnxruntime"  # converts the model (with its pooling) and caches the conversion
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    for pooling in ("cls", "gem", "cls+mean"):  # one cache folder: a cls conversion must not serve gem
+        fast = Dinov2Embedder(tiny_model, device="cpu", backend=backend, precision="fp32", pooling=pooling, cache_dir=tmp_path)
+        ref = Dinov2Embedder(tiny_model, device="cpu", pooling=pooling)
+        got, want = fast.embed(pixels), ref.embed(pixels)
+        assert got.shape == want.shape and float((got * want).sum(axis=1).min()) >= 0.9999, pooling
