@@ -98,7 +98,7 @@ def run_variant(name: str, options: dict, *, model: str, images: Path, copies: P
     }
 
 
-def model_speed(embedder, images: Path, n: int = 16, repeats: int = 3) -> float:
+def model_speed(embedder, images: Path, n: int = 8, repeats: int = 3) -> float:
     """The model alone on n prepared images, batch n: img/s, median of `repeats` after one warm-up."""
     from dinosearch.decode import decode
 
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n## eval: preparation options, {args.classes} classes x {args.per_class} derived images, {weights}\n")
     print(table(rows))
     print(
-        "\nmodel img/s: the model alone, batch 16, median of 3 (x first: ratio to the first variant, same run); index img/s:\n"
+        "\nmodel img/s: the model alone, batch 8, median of 3 (x first: ratio to the first variant, same run); index img/s:\n"
         "`index` end to end including start-up of the decode workers, one run each (noisy). Real-weight quality:\n"
         "  python -m tests.bench.eval_bench --model DIR   (DIR: e.g. `hf download facebook/dinov2-small --local-dir DIR`)\n"
         "  or on your photos: dinosearch index PHOTOS --label-from-folder --index IX --model facebook/dinov2-small "
