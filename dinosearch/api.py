@@ -437,11 +437,14 @@ class Index:
             raise NoLabelsError(
                 f"no indexed image has a {by!r} value; index with --label-from-folder, or attach one with --metadata"
             )
-        chunks = [(i, v) for i, v in self.catalogue.iter_vectors()]
+        chunks = list(self.catalogue.iter_vectors())
         all_ids = np.concatenate([i for i, _ in chunks])
-        vectors = np.concatenate([v for _, v in chunks])[np.searchsorted(all_ids, ids)]  # both in id order
+        pos = np.minimum(np.searchsorted(all_ids, ids), len(all_ids) - 1)  # both in id order
+        kept = all_ids[pos] == ids  # a row an `index` run deleted between the two reads is left out
+        vectors = np.concatenate([v for _, v in chunks])[pos[kept]]
+        values = [v for v, keep in zip(values, kept) if keep]
         scores, skipped = ev.leave_one_out(vectors, values, k=k, sample=sample, seed=seed)
-        result = ev.Evaluation(by, len(ids), len(set(values)), skipped, k, scores)
+        result = ev.Evaluation(by, len(values), len(set(values)), skipped, k, scores)
         if copies is None:
             return result
         ranks, unnamed = ev.copy_ranks(self, copies)
