@@ -86,35 +86,44 @@ def run_variant(name: str, options: dict, *, model: str, images: Path, copies: P
     shutil.rmtree(ix_dir, ignore_errors=True)
     with Index(ix_dir, model=model, device="cpu", **options) as ix:
         report = ix.add(images, label_from_folder=True)
-        model_img_s = model_speed(ix.embedder(), images)
         t = time.perf_counter()
         result = ix.evaluate(copies=copies)
         eval_s = time.perf_counter() - t
     shutil.rmtree(ix_dir, ignore_errors=True)
     return {
         "variant": name, "options": options, "images": report.added, "index_img_s": report.images_per_second,
-        "model_img_s": model_img_s,
         "eval_s": eval_s, **result.to_dict(),
     }
 
 
-def model_speed(embedder, images: Path, n: int = 8, repeats: int = 3) -> float:
-    """The model alone on n prepared images, batch n: img/s, median of `repeats` after one warm-up."""
+def model_speeds(model: str, images: Path, variants: list[str], *, n: int = 8, rounds: int = 3) -> dict[str, tuple[float, float]]:
+    """The model alone, batch n, for each variant: (median img/s, median ratio to the first variant).
+
+    The variants are timed in turn within each round, and the ratio is taken round by round: on a
+    shared machine a slow minute then weighs on every variant alike.
+    """
     from dinosearch.decode import decode
+    from dinosearch.embed import Dinov2Embedder
 
     files = sorted(images.rglob("*.jpg"))[:n]
-    pixels = np.stack([decode(f.read_bytes(), embedder.preprocess).pixels for f in files])
-    embedder.embed(pixels)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        embedder.embed(pixels)
-        times.append(time.perf_counter() - t)
-    return len(files) / float(np.median(times))
+    embedders = {v: Dinov2Embedder(model, device="cpu", **VARIANTS[v]) for v in variants}
+    pixels = {v: np.stack([decode(f.read_bytes(), e.preprocess).pixels for f in files]) for v, e in embedders.items()}
+    for v, e in embedders.items():
+        e.embed(pixels[v])  # warm-up
+    speed: dict[str, list[float]] = {v: [] for v in variants}
+    for _ in range(rounds):
+        for v, e in embedders.items():
+            t = time.perf_counter()
+            e.embed(pixels[v])
+            speed[v].append(len(files) / (time.perf_counter() - t))
+    first = variants[0]
+    return {
+        v: (float(np.median(s)), float(np.median([a / b for a, b in zip(s, speed[first])])))
+        for v, s in speed.items()
+    }
 
 
 def table(rows: list[dict]) -> str:
-    base = rows[0]["model_img_s"] or 1.0
     out = [
         "| variant | options | model img/s (x first) | index img/s | R@1 | R@5 | mAP@R | k-NN acc | copies R@1 |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -123,7 +132,7 @@ def table(rows: list[dict]) -> str:
         ret, dup = r["retrieval"], r.get("duplicates") or {}
         opts = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in r["options"].items()) or "(defaults)"
         out.append(
-            f"| {r['variant']} | {opts} | {r['model_img_s']:.1f} ({r['model_img_s'] / base:.2f}) | {r['index_img_s']:.1f} | {ret['recall@1']:.3f} | "
+            f"| {r['variant']} | {opts} | {r['model_img_s']:.1f} ({r['model_ratio']:.2f}) | {r['index_img_s']:.1f} | {ret['recall@1']:.3f} | "
             f"{ret['recall@5']:.3f} | {ret['map@r']:.3f} | {ret['knn_accuracy']:.3f} | {dup.get('recall@1', float('nan')):.3f} |"
         )
     return "\n".join(out)
@@ -145,12 +154,17 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.variants.split(","):
         print(f"  [eval] {name} ...", file=sys.stderr, flush=True)
         rows.append(run_variant(name, VARIANTS[name], model=model, images=images, copies=copies, scratch=scratch))
+    names = args.variants.split(",")
+    print("  [eval] the model alone, each variant in turn ...", file=sys.stderr, flush=True)
+    for row, (img_s, ratio) in zip(rows, model_speeds(model, images, names).values()):
+        row["model_img_s"], row["model_ratio"] = img_s, ratio
     weights = f"real weights ({args.model})" if args.model else f"RANDOM weights ({args.shape}): quality figures are meaningless"
     print(f"\n## eval: preparation options, {args.classes} classes x {args.per_class} derived images, {weights}\n")
     print(table(rows))
     print(
-        "\nmodel img/s: the model alone, batch 8, median of 3 (x first: ratio to the first variant, same run); index img/s:\n"
-        "`index` end to end including start-up of the decode workers, one run each (noisy). Real-weight quality:\n"
+        "\nmodel img/s: the model alone, batch 8, the variants in turn, median of 3 rounds (x first: median of the\n"
+        "round-by-round ratios to the first variant); index img/s: "
+"`index` end to end including start-up of the decode workers, one run each (noisy).\nReal-weight quality:\n"
         "  python -m tests.bench.eval_bench --model DIR   (DIR: e.g. `hf download facebook/dinov2-small --local-dir DIR`)\n"
         "  or on your photos: dinosearch index PHOTOS --label-from-folder --index IX --model facebook/dinov2-small "
         "[--crop-mode border] && dinosearch eval --index IX"
