@@ -197,7 +197,8 @@ class Dinov2Embedder:
         self._shift = (mean / std).to(self.device)
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:
-        """(n, h, w, 3) uint8 -> (n, dim) float32, L2-normalised CLS tokens."""
+        """(n, h, w, 3) uint8 -> (n, dim) float32, L2-normalised pooled tokens (the CLS token unless
+        another pooling was asked for: dinosearch.pooling)."""
         torch = self._torch
         if len(pixels) == 0:
             return np.zeros((0, self.fingerprint.dim), dtype=np.float32)
