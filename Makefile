@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.bench.load --shape vit-s14 --rate 4 --seconds 20 --burst 48 --queue-size 8 --runs 3
 	$(BIN)/python -m tests.bench.video_bench --seconds 20 --shape vit-s14
 	$(BIN)/python -m tests.bench.ray_bench
+	$(BIN)/python -m tests.bench.eval_bench $(EVAL_BENCH_ARGS)
 
 bench-scale: $(STAMP)
 	$(BIN)/python -m tests.bench.scale_bench $(SCALE_ARGS)

@@ -1,7 +1,7 @@
 """dinosearch: local-first image similarity search with DINOv2, FAISS and SQLite.
 
 Public API (imported lazily, so `import dinosearch` and the CLI start fast):
-    Index, Hit, Failure, IndexReport, Stats, VideoOptions, DinosearchError
+    Index, Hit, Failure, IndexReport, Stats, VideoOptions, DinosearchError, Prediction, Evaluation, ExportReport
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ _EXPORTS = {
     "ModelFingerprint": "dinosearch.records",
     "VideoOptions": "dinosearch.records",
     "DinosearchError": "dinosearch.errors",
+    "Prediction": "dinosearch.label",
+    "Evaluation": "dinosearch.evaluate",
+    "ExportReport": "dinosearch.export",
 }
 
 __all__ = ["__version__", *_EXPORTS]

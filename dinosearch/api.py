@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +36,12 @@ from .store.vectorindex import Changes, LoadedVectors, VectorIndex, validate_ind
 
 # decode (Pillow) and index (the pipeline) are imported where used: `stats` and queries by indexed
 # files start faster without them.
+if TYPE_CHECKING:
+    from .evaluate import Evaluation
+    from .export import ExportReport
+    from .label import Prediction
+
+
 
 class Index:
     """An image index in one directory: SQLite catalogue + FAISS vectors + the model that made them.
@@ -62,6 +68,9 @@ class Index:
         index_type: str | None = None,
         index_memory_mb: float | None = None,
         on_model_load: Loading | None = None,
+        crop_mode: str | None = None,
+        resolution: int | None = None,
+        pooling: str | None = None,
     ):
         self.dir = Path(directory).expanduser()
         if not create and not (self.dir / DB_NAME).exists():
@@ -70,6 +79,7 @@ class Index:
         self.model = ModelSlot(
             self.catalogue, model=model, device=device, precision=precision, backend=backend,
             batch_size=batch_size, embedder=embedder, loading=on_model_load,
+            preparation={"crop_mode": crop_mode, "resolution": resolution, "pooling": pooling},
         )
         self.queries = QueryVectors(self.catalogue, self.model)
         self.vectors = VectorIndex(self.catalogue)
@@ -104,6 +114,7 @@ class Index:
         max_pixels: int = MAX_PIXELS,
         video: VideoOptions | None = None,
         ray: str | None = None,
+        label_from_folder: bool = False,
     ) -> IndexReport:
         """Index (or re-index) folders and files; only what changed since the last run is done.
 
@@ -115,6 +126,8 @@ class Index:
         Raises PathNotFoundError, IndexLockedError, ModelLoadError, ModelMismatchError, and
         DinosearchError for `video` without PyAV, or when `ray` is given and Ray is missing or its
         cluster cannot be used.
+        `label_from_folder`: each image under the PATHs gets its folder's name as metadata `label`,
+        unless its metadata already has a `label` (a metadata file's column wins).
         """
         from . import index as indexer
 
@@ -146,6 +159,8 @@ class Index:
             )
             if rows is not None:
                 report = self._attach_metadata(rows, [os.path.abspath(os.fspath(p)) for p in paths], report)
+            if label_from_folder:
+                report = self._attach_folder_labels([os.path.abspath(os.fspath(p)) for p in paths], report)
             fp = self.fingerprint
             if fp is not None:
                 notes = self.vectors.sync(fp.dim, force=changed, changes=changes[0] if changes else None,
@@ -162,6 +177,13 @@ class Index:
             shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
             warnings.append(f"{rows.source}: {len(unknown)} row(s) name files that are not indexed: {shown}")
         return replace(report, warnings=tuple(warnings), metadata_matched=len(matched), metadata_unknown=tuple(unknown))
+
+    def _attach_folder_labels(self, roots: list[str], report: IndexReport) -> IndexReport:
+        from .label import DEFAULT_KEY, folder_label
+
+        indexed = self.catalogue.known_under(roots)
+        n = self.catalogue.set_default_metadata({p: {DEFAULT_KEY: folder_label(p)} for p in indexed})
+        return replace(report, labelled=n)
 
     # reading ------------------------------------------------------------------------------------
     def refresh(self) -> LoadedVectors | None:
@@ -277,6 +299,74 @@ class Index:
         image itself is left out. Raises UnknownImageError."""
         return self.search(Term(id=int(image_id)), k=k, where=where, minus=minus, within=within, collapse=collapse,
                            exact=exact, nprobe=nprobe)
+
+    def label(self, *images: ImageLike, by: str = "label", k: int = 20) -> list["Prediction"]:
+        """Predict metadata `by` for each image (not their mean) by a similarity-weighted vote of
+        its k nearest labelled images (dinosearch.label). A query file that is itself indexed does
+        not vote for itself. Raises NoLabelsError when no indexed image has a value for `by`."""
+        if not images:
+            raise ImageError("no query image given")
+        out = []
+        for image in images:
+            v, same = self.vector_of(image)
+            query = os.fspath(image) if isinstance(image, (str, os.PathLike)) else "image"
+            out.append(self.label_vector(v, by=by, k=k, exclude_ids={same} if same is not None else set(), query=query))
+        return out
+
+    def label_vector(
+        self, vector: np.ndarray, *, by: str = "label", k: int = 20, exclude_ids: set[int] | frozenset[int] = frozenset(), query: str = "vector"
+    ) -> "Prediction":
+        """The vote of the k labelled images nearest to a (dim,) vector (normalised here)."""
+        from .errors import NoLabelsError
+        from .label import nearest_labelled, predict
+
+        ids, _ = self.catalogue.labelled(by)
+        loaded = self.refresh()
+        if loaded is None or len(ids) == 0:
+            raise NoLabelsError(
+                f"no indexed image has a {by!r} value; index with --label-from-folder, or attach one with --metadata"
+            )
+        q = l2_normalise(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
+        hits = nearest_labelled(self.catalogue, loaded, q, ids=ids, k=k, exclude_ids=exclude_ids)
+        return predict(hits, by=by, query=query)
+
+    def evaluate(
+        self, *, by: str = "label", sample: int | None = None, k: int = 20, copies: str | os.PathLike[str] | None = None, seed: int = 0
+    ) -> "Evaluation":
+        """Leave-one-out Recall@1/5/10, mAP@R and k-NN accuracy of metadata `by` over the labelled
+        images (dinosearch.evaluate); with `copies`, a folder of derived images named after their
+        originals (`bag-red~crop.jpg` for `bag-red.jpg`), Recall@K of each copy's original too.
+        `sample`: at most this many queries (seeded). Raises NoLabelsError without labels."""
+        from . import evaluate as ev
+        from .errors import NoLabelsError
+
+        ids, values = self.catalogue.labelled(by)
+        if len(ids) == 0:
+            raise NoLabelsError(
+                f"no indexed image has a {by!r} value; index with --label-from-folder, or attach one with --metadata"
+            )
+        chunks = list(self.catalogue.iter_vectors())
+        all_ids = np.concatenate([i for i, _ in chunks])
+        pos = np.minimum(np.searchsorted(all_ids, ids), len(all_ids) - 1)  # both in id order
+        kept = all_ids[pos] == ids  # a row an `index` run deleted between the two reads is left out
+        vectors = np.concatenate([v for _, v in chunks])[pos[kept]]
+        values = [v for v, keep in zip(values, kept) if keep]
+        scores, skipped = ev.leave_one_out(vectors, values, k=k, sample=sample, seed=seed)
+        result = ev.Evaluation(by, len(values), len(set(values)), skipped, k, scores)
+        if copies is None:
+            return result
+        ranks, unnamed = ev.copy_ranks(self, copies)
+        return replace(result, duplicates=ev.duplicate_scores(ranks), duplicates_skipped=tuple(unnamed))
+
+    def export(self, path: str | os.PathLike[str], *, format: str = "npy") -> "ExportReport":
+        """Write ids, paths, metadata and vectors to `path` (format npy, jsonl or parquet; the layouts
+        are in dinosearch.export). Raises DinosearchError on an empty index or a file that cannot be written."""
+        from .export import export
+
+        fp = self.fingerprint
+        if fp is None:
+            raise DinosearchError(f"the index at {self.dir} holds no images yet; nothing to export")
+        return export(self.catalogue, fp, fmt=format, path=path)
 
     def explain(
         self,

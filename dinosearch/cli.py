@@ -50,6 +50,18 @@ class Precision(str, Enum):
     int8 = "int8"
 
 
+class CropMode(str, Enum):
+    center = "center"
+    squash = "squash"
+    border = "border"
+
+
+class Pooling(str, Enum):
+    cls = "cls"
+    cls_mean = "cls+mean"
+    gem = "gem"
+
+
 BackendOpt = typer.Option(
     Backend.torch, "--backend", envvar="DINOSEARCH_BACKEND",
     help="How the model runs: torch, compile (torch.compile), openvino or onnxruntime "
@@ -112,6 +124,20 @@ def index(
     video: bool = typer.Option(False, "--video", help="Also index videos (MP4/MOV, WebM/MKV, AVI) as frames; needs pip install 'dinosearch[video]'"),
     video_interval: float = typer.Option(2.0, "--video-interval", min=0.1, help="Seconds between sampled video frames (plus scene changes)"),
     video_max_frames: int = typer.Option(200, "--video-max-frames", min=1, help="Frames per video at most"),
+    crop_mode: Optional[CropMode] = typer.Option(
+        None, "--crop-mode", help="center (the checkpoint's centre crop), squash (whole image to the square) or "
+        "border (letterbox on the mean colour) [default: the index's, else center]",
+    ),
+    resolution: Optional[int] = typer.Option(
+        None, "--resolution", help="Side of the model's input square, a multiple of 14 [default: the index's, else 224]"
+    ),
+    pooling: Optional[Pooling] = typer.Option(
+        None, "--pooling", help="cls, cls+mean (CLS + mean of the patch tokens) or gem (over patch tokens) "
+        "[default: the index's, else cls]",
+    ),
+    label_from_folder: bool = typer.Option(
+        False, "--label-from-folder", help="Set each image's `label` metadata to its folder's name (a metadata file's label wins)"
+    ),
     as_json: bool = JsonOpt,
     index_type: Optional[str] = typer.Option(
         None, "--index-type",
@@ -120,6 +146,7 @@ def index(
     ),
     index_memory: Optional[float] = typer.Option(
         None, "--index-memory", min=1, help="Memory budget for the vector index, in MB (auto picks codes that fit)"
+    ),
     ray: Optional[str] = typer.Option(
         None, "--ray", metavar="[ADDRESS]",
         help="Decode and embed on a Ray cluster: ADDRESS (HOST:PORT, ray://HOST:PORT), or none/auto for "
@@ -132,11 +159,13 @@ def index(
     def go() -> None:
         ix = _open(index, create=True, model=model or settings.model_from_env(), device=device.value,
                    backend=backend.value, precision=precision.value, batch_size=batch_size, workers=workers,
-                   index_type=index_type, index_memory_mb=index_memory)
+                   index_type=index_type, index_memory_mb=index_memory,
+                   crop_mode=crop_mode.value if crop_mode else None, resolution=resolution,
+                   pooling=pooling.value if pooling else None)
         with ix, _progress(enabled=not as_json and sys.stderr.isatty()) as progress:
             limit = {"max_pixels": max_pixels} if max_pixels else {}
             report = ix.add(*paths, follow_symlinks=follow_symlinks, metadata=metadata, progress=progress, video=videos,
-                            ray=ray, **limit)
+                            ray=ray, label_from_folder=label_from_folder, **limit)
         if not (report.added or report.updated or report.unchanged or report.failed or report.removed):
             _err(f"warning: no images found under {', '.join(_safe(display_path(str(p))) for p in paths)}")
         for w in report.warnings:
@@ -152,6 +181,8 @@ def index(
             )
             if report.metadata_matched is not None:
                 typer.echo(f"metadata attached to {report.metadata_matched} images")
+            if report.labelled is not None:
+                typer.echo(f"{report.labelled} images labelled (their folder's name, unless their metadata has a label)")
 
     _run(go)
 
@@ -457,6 +488,10 @@ def serve(
         )
 
     _run(go)
+
+
+# label, eval and export live in cli_dataset.py; importing it registers them on `app`.
+from . import cli_dataset  # noqa: E402,F401
 
 
 def main() -> None:

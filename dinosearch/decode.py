@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, TiffImagePlugin, UnidentifiedImageError
 
+from .prepare import fit
 from .records import MAX_PIXELS, Preprocess
 from .records import FailureKind as K
 
@@ -336,8 +337,10 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 def resize_and_crop(im: Image.Image, pre: Preprocess) -> np.ndarray:
     """Resize the shortest edge and centre-crop exactly as the checkpoint's image processor does.
 
-    Returns (crop_height, crop_width, 3) uint8.
+    Returns (crop_height, crop_width, 3) uint8. Other crop modes: dinosearch.prepare.fit.
     """
+    if pre.crop_mode != "center":
+        return fit(im, pre)
     width, height = im.size
     ch, cw = pre.crop_height, pre.crop_width
     if pre.resize_shortest:

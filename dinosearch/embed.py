@@ -136,17 +136,23 @@ class Dinov2Embedder:
         batch_size: int | None = None,
         backend: str = "torch",
         cache_dir: str | os.PathLike[str] | None = None,
+        crop_mode: str = "center",
+        resolution: int | None = None,
+        pooling: str = "cls",
     ):
         import torch
         from transformers import AutoImageProcessor, AutoModel
         from transformers.utils import logging as hf_logging
 
         from .accel import AUTO_PRECISION, backend_device, build_forward, check_backend
+        from .pooling import pooled, pooled_dim
+        from .prepare import adapt, check_options
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         device = backend_device(backend, device)  # an explicit device they can't use is an error below
         check_backend(backend, device, precision)  # before the (slow) load
+        check_options(crop_mode=crop_mode, resolution=resolution, pooling=pooling)
         self.device = resolve_device(device)
         if precision == "auto":
             precision = AUTO_PRECISION.get(backend, "auto")
@@ -158,17 +164,18 @@ class Dinov2Embedder:
         model_type = getattr(net.config, "model_type", "?")
         if model_type not in DINOV2_TYPES:
             raise ModelLoadError(f"'{model}' is a {model_type} model, not DINOv2; point --model at a DINOv2 checkpoint")
-        self.preprocess = preprocess_from_processor(processor)
+        self.preprocess = adapt(preprocess_from_processor(processor), crop_mode=crop_mode, resolution=resolution)
         net.eval()
         weights = weights_hash(net)
         self.net = net.to(self.device)
         self._forward = build_forward(
-            self.net,
+            pooled(self.net, pooling),
             backend=backend,
             precision=self.precision,
             device=self.device,
             image_size=(self.preprocess.crop_height, self.preprocess.crop_width),
-            cache=(os.fspath(cache_dir), weights) if cache_dir is not None else None,
+            # A converted model holds its pooling: keep each pooling's conversion apart (cls as before).
+            cache=(os.fspath(cache_dir), weights if pooling == "cls" else f"{weights}-{pooling}") if cache_dir is not None else None,
         )
         self.backend = backend
         if backend == "onnxruntime":
@@ -177,9 +184,9 @@ class Dinov2Embedder:
         self.fingerprint = ModelFingerprint(
             model=model,
             weights=weights,
-            dim=int(net.config.hidden_size),
+            dim=pooled_dim(int(net.config.hidden_size), pooling),
             preprocess=self.preprocess.describe(),
-            pooling="cls",
+            pooling=pooling,
             precision=self._forward.label,  # informational, not part of key(): "bf16", "openvino-bf16", ...
         )
         self.batch_size = batch_size or (64 if self.device == "cuda" else 16)
@@ -190,7 +197,8 @@ class Dinov2Embedder:
         self._shift = (mean / std).to(self.device)
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:
-        """(n, h, w, 3) uint8 -> (n, dim) float32, L2-normalised CLS tokens."""
+        """(n, h, w, 3) uint8 -> (n, dim) float32, L2-normalised pooled tokens (the CLS token unless
+        another pooling was asked for: dinosearch.pooling)."""
         torch = self._torch
         if len(pixels) == 0:
             return np.zeros((0, self.fingerprint.dim), dtype=np.float32)

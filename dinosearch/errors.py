@@ -50,3 +50,7 @@ class QueryError(DinosearchError):
 
 class FetchError(DinosearchError):
     """A query image named by URL could not be fetched (offline, refused, too large, too slow)."""
+
+
+class NoLabelsError(DinosearchError):
+    """No indexed image has a value for the metadata key a command needs (label, eval)."""

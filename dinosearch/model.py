@@ -13,6 +13,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from .embed import Embedder
 from .errors import ModelMismatchError
@@ -33,6 +34,12 @@ class ModelSpec:
     precision: str
     backend: str
     batch_size: int | None
+    preparation: tuple[tuple[str, Any], ...] = ()  # crop_mode, resolution, pooling (prepare.py)
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments of embed.Dinov2Embedder besides the model."""
+        return {"device": self.device, "precision": self.precision, "batch_size": self.batch_size,
+                "backend": self.backend, **dict(self.preparation)}
 
 
 def model_source(model: str) -> str:
@@ -52,7 +59,9 @@ def _quiet(name: str) -> AbstractContextManager[object]:
 class ModelSlot:
     """The model for one index directory. `model` None: the model the index was made with (or
     DEFAULT_MODEL for a new index). `embedder` injects any object with the Embedder protocol.
-    `loading(name)` is entered while the model loads (seconds), so a presenter can say so meanwhile."""
+    `loading(name)` is entered while the model loads (seconds), so a presenter can say so meanwhile.
+    `preparation`: crop_mode, resolution and pooling asked for (None each: the index's own, see
+    prepare.py); an index made one way refuses another, like another model."""
 
     def __init__(
         self,
@@ -65,8 +74,10 @@ class ModelSlot:
         batch_size: int | None = None,
         embedder: Embedder | None = None,
         loading: Loading | None = None,
+        preparation: dict[str, Any] | None = None,
     ):
         self.catalogue = catalogue
+        self._asked_preparation = {k: v for k, v in (preparation or {}).items() if v is not None}
         self._loading = loading or _quiet
         self.asked = model_source(model) if model else None
         self._device, self._precision, self._backend, self._batch_size = device, precision, backend, batch_size
@@ -110,15 +121,25 @@ class ModelSlot:
                         batch_size=self._batch_size,
                         backend=self._backend,
                         cache_dir=Path(self.catalogue.dir) / CACHE_DIR,
+                        **self.preparation(),
                     )
             if not self._checked:
                 self._checked = self._check(self._embedder.fingerprint, record=record)
             return self._embedder
 
+    def preparation(self) -> dict[str, Any]:
+        """Crop mode, resolution and pooling for the model: those asked for, else the index's own."""
+        from .prepare import options_of
+
+        fp = self.fingerprint
+        made = options_of(fp) if fp else {"crop_mode": "center", "resolution": None, "pooling": "cls"}
+        return {**made, **self._asked_preparation}
+
     @property
     def spec(self) -> ModelSpec:
         """How to load this model in another process or on another machine."""
-        return ModelSpec(self.name, self._device, self._precision, self._backend, self._batch_size)
+        return ModelSpec(self.name, self._device, self._precision, self._backend, self._batch_size,
+                         tuple(sorted(self.preparation().items())))
 
     def adopt(self, fp: ModelFingerprint) -> None:
         """A model loaded elsewhere from `spec` (a Ray actor): refused if it is not the index's model;
@@ -128,9 +149,10 @@ class ModelSlot:
             self._adopted = fp
 
     def check_before_write(self) -> None:
-        """Another model named for an index that has one: load and check it before anything is written."""
+        """Another model or preparation named for an index that has one: load and check it before anything
+        is written."""
         fp = self.fingerprint
-        if self.asked and fp and self.asked != fp.model:
+        if fp and ((self.asked and self.asked != fp.model) or self._asked_preparation):
             self.get(record=True)
 
     def _check(self, fp: ModelFingerprint, *, record: bool) -> bool:
@@ -140,6 +162,13 @@ class ModelSlot:
             if record:
                 self.catalogue.set_settings({MODEL_KEY: fp.to_dict()})
             return record
+        if recorded.weights == fp.weights and recorded.key() != fp.key():
+            from .prepare import describe_options
+
+            raise ModelMismatchError(
+                f"this index was made with images prepared with {describe_options(recorded)}, not "
+                f"{describe_options(fp)}; leave those options out to use the index's, or start a new index with --index NEW_DIR"
+            )
         if recorded.key() != fp.key():
             raise ModelMismatchError(
                 f"this index was made with model '{recorded.model}' (dim {recorded.dim}, weights {recorded.weights[:12]}), "

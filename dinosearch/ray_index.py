@@ -177,8 +177,7 @@ class _RayRun:
     def _start_model(self) -> None:
         """The model actors, checked against the index's model before any file is decoded."""
         spec = self.model.spec
-        options = {"device": spec.device, "precision": spec.precision, "batch_size": spec.batch_size, "backend": spec.backend}
-        self.actors, actor_cpus = start_model_actors(self.ray, spec.model, options)
+        self.actors, actor_cpus = start_model_actors(self.ray, spec.model, spec.options())
         for info in self.ray.get([a.info.remote() for a in self.actors]):
             if isinstance(info, str):
                 hint = "; a model folder must be at the same path on every node" if os.path.isabs(spec.model) else ""

@@ -99,12 +99,13 @@ class Preprocess:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     rescale: float = 1 / 255
+    crop_mode: str = "center"  # center (resize + centre crop), squash or border: dinosearch.prepare
 
     def describe(self) -> str:
         return (
             f"resize{self.resize_shortest}-crop{self.crop_height}x{self.crop_width}-resample{self.resample}"
             f"-mean{','.join(f'{m:.4f}' for m in self.mean)}-std{','.join(f'{s:.4f}' for s in self.std)}"
-        )
+        ) + ("" if self.crop_mode == "center" else f"-{self.crop_mode}")  # centre: as before, same indexes
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,7 @@ class IndexReport:
     warnings: tuple[str, ...] = field(default_factory=tuple)
     metadata_matched: int | None = None  # with a metadata file: rows attached to images
     metadata_unknown: tuple[str, ...] = ()  # ... and rows naming files that are not indexed
+    labelled: int | None = None  # with label_from_folder: images whose `label` was set or kept
 
     @property
     def images_per_second(self) -> float:
@@ -215,6 +217,8 @@ class IndexReport:
         if self.metadata_matched is not None:
             # Names as the metadata file (UTF-8 text) gave them.
             d["metadata"] = {"matched": self.metadata_matched, "unknown": list(self.metadata_unknown)}
+        if self.labelled is not None:
+            d["labelled"] = self.labelled
         return d
 
 

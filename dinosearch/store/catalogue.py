@@ -328,6 +328,49 @@ class Catalogue:
     def disk_bytes(self) -> int:
         return disk_bytes(self.dir)
 
+    def set_default_metadata(self, defaults_by_path: dict[str, dict[str, Any]]) -> int:
+        """Add keys to indexed paths' metadata where they have no value yet (existing keys win).
+
+        Returns how many rows were updated. No version bump, as for set_metadata.
+        """
+        n = 0
+        with self.engine.begin() as conn:
+            for path, defaults in defaults_by_path.items():
+                patch = bindparam("defaults", json.dumps(defaults, ensure_ascii=False))
+                merged = func.json_patch(patch, func.coalesce(images.c.meta_json, "{}"))
+                n += conn.execute(
+                    update(images).where(images.c.path == path_key(path)).values(meta_json=merged)
+                ).rowcount
+        return n
+
+    def labelled(self, key: str) -> tuple[np.ndarray, list[str]]:
+        """Ids (n,) int64 in id order whose metadata has a non-empty `key`, and each one's value as text."""
+        value = image_meta.c.value
+        q = (
+            select(image_meta.c.image_id, value)
+            .where((image_meta.c.key == bindparam("k", key)) & value.is_not(None) & (value != ""))
+            .order_by(image_meta.c.image_id)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)), [r[1] for r in rows]
+
+    def snapshot(self, chunk: int = 10_000) -> Iterator[Any]:
+        """Every image in id order, from one consistent read: first the row count (int), then chunks
+        of (ids (n,) int64, paths [str], metadata [dict | None], vectors (n, dim) float32)."""
+        cols = (images.c.id, images.c.path, images.c.meta_json, images.c.vector)
+        with self.engine.begin() as conn:  # one transaction: the count and the rows agree
+            yield int(conn.execute(select(func.count()).select_from(images)).scalar() or 0)
+            last = 0
+            while True:
+                rows = conn.execute(select(*cols).where(images.c.id > last).order_by(images.c.id).limit(chunk)).all()
+                if not rows:
+                    return
+                ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+                vecs = np.frombuffer(b"".join(r[3] for r in rows), dtype="<f4").reshape(len(rows), -1)
+                yield ids, [path_of(r[1]) for r in rows], [json.loads(r[2]) if r[2] else None for r in rows], vecs
+                last = int(ids[-1])
+
 
 def _bump(conn: Any) -> None:
     updated = conn.execute(

@@ -18,7 +18,9 @@ from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from ..api import Term
+from ..query import combine
 from ..decode import DecodeError, sniff
+from ..errors import NoLabelsError
 from ..filters import FilterError, parse_where
 from ..records import FailureKind, Hit, display_path
 from . import auth
@@ -46,8 +48,21 @@ class Result(BaseModel):
     timestamp: float | None = None  # seconds into the video, for a video frame; null for a photo
 
 
+class Vote(BaseModel):
+    value: str
+    confidence: float
+    votes: int
+
+
+class Prediction(BaseModel):
+    by: str
+    label: str | None
+    labels: list[Vote]  # the top values, best first
+
+
 class Results(BaseModel):
     results: list[Result]
+    prediction: Prediction | None = None  # only when the index has labels (sent only then)
 
 
 class StatsOut(BaseModel):
@@ -169,10 +184,14 @@ async def search(request: Request) -> Any:
             raise HTTPException(_decode_status(exc.kind), f"{name}: {message}") from None
     terms = [Term(vector=v) for v in vectors] + [Term(id=i) for i in refine.like]
     hits = await run_query(engine, terms, refine, k=k, where=where)
-    return _results(request, hits, collapsed=refine.collapse is not None)
+    prediction = await _prediction(engine, combine(vectors)) if vectors else None
+    return _results(request, hits, prediction, collapsed=refine.collapse is not None)
 
 
-@api.get("/images/{image_id}/similar", response_model=Results, summary="More like an indexed image")
+@api.get(
+    "/images/{image_id}/similar", response_model=Results, response_model_exclude_unset=True,
+    summary="More like an indexed image",
+)
 async def similar(
     request: Request,
     image_id: ImageId,
@@ -197,7 +216,9 @@ async def similar(
         raise HTTPException(404, f"no indexed image has id {wanted}")
     terms = [Term(id=wanted, crop=box)] + [Term(id=i) for i in refine.like]
     hits = await run_query(engine, terms, refine, k=k, where=filters)
-    return _results(request, hits, collapsed=refine.collapse is not None)
+    vector = await engine.read(engine.index.catalogue.vector_of, wanted)
+    prediction = await _prediction(engine, vector, exclude_ids={wanted})
+    return _results(request, hits, prediction, collapsed=refine.collapse is not None)
 
 
 @api.get("/stats", response_model=StatsOut, summary="What the index holds (as `dinosearch stats --json`)")
@@ -306,7 +327,18 @@ def _decode_status(kind: str) -> int:
     return 422  # corrupt, truncated, crashed or timed out: an image we could not use
 
 
-def _results(request: Request, hits: list[Hit], *, collapsed: bool = False) -> Any:
+async def _prediction(engine: QueryEngine, vector: Any, exclude_ids: set[int] | None = None) -> Prediction | None:
+    """The k-NN vote for `label` (dinosearch.label), or None when the index has no labels."""
+    if vector is None:
+        return None
+    try:
+        p = await engine.read(engine.index.label_vector, vector, exclude_ids=exclude_ids or set())
+    except NoLabelsError:
+        return None
+    return Prediction(by=p.by, label=p.value, labels=[Vote(**v.to_dict()) for v in p.labels[:3]])
+
+
+def _results(request: Request, hits: list[Hit], prediction: Prediction | None = None, *, collapsed: bool = False) -> Any:
     key = request.app.state.settings.api_key
     root = request.scope.get("root_path", "").rstrip("/")
 
@@ -328,10 +360,15 @@ def _results(request: Request, hits: list[Hit], *, collapsed: bool = False) -> A
                 timestamp=h.timestamp,
             )
             for h in hits
-        ]
+        ],
+        **({"prediction": prediction} if prediction is not None else {}),
     )
-    # `folded` only when collapsing was asked for: otherwise the results keep their usual fields.
-    return results if collapsed else JSONResponse(results.model_dump(exclude={"results": {"__all__": {"folded"}}}))
+    # `folded` only when collapsing was asked for, `prediction` only when the index has labels:
+    # otherwise the results keep their usual fields.
+    body = results.model_dump(exclude=None if collapsed else {"results": {"__all__": {"folded"}}})
+    if prediction is None:
+        body.pop("prediction", None)
+    return JSONResponse(body)
 
 
 def _public_model_name(model: str | None) -> str | None:

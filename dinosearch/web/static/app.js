@@ -8,7 +8,7 @@
     file: $("file"), k: $("k"), status: $("status"), results: $("results"), stats: $("stats"),
     query: $("query"), queryImg: $("query-img"), queryLabel: $("query-label"),
     filterForm: $("filter-form"), filterInput: $("filter-input"), filterList: $("filter-list"),
-    keyForm: $("key-form"), keyInput: $("key-input"),
+    keyForm: $("key-form"), keyInput: $("key-input"), prediction: $("prediction"),
     spinner: $("spinner"), addFile: $("add-file"), box: $("box"), frame: $("query-frame"),
     clearBox: $("clear-box"), minusList: $("minus-list"),
   };
@@ -122,6 +122,7 @@
       const body = await request(query);
       if (mine !== generation) return;
       render(body.results || []);
+      showPrediction(body.prediction);
       const n = (body.results || []).length;
       setStatus(n ? n + (n === 1 ? " result" : " results") : "No results" + (filters.length ? " with these filters." : "."));
       if (n) bringIntoView();
@@ -130,6 +131,7 @@
       if (err.status === 401) { needKey(() => run(query, true)); return; }
       // Nothing of the failed search stays on screen: no old results, no broken query image.
       els.results.replaceChildren();
+      showPrediction(null);
       if (query.kind === "file") { els.query.hidden = true; els.queryImg.removeAttribute("src"); shownFile = null; }
       setStatus(err.message, true);
     } finally {
@@ -281,6 +283,16 @@
     if (className) node.className = className;
     if (text !== undefined) node.textContent = text;
     return node;
+  }
+
+  // The index's labels, voted by the nearest labelled images: only when the index has labels.
+  function showPrediction(p) {
+    const shown = !!(p && p.label);
+    els.prediction.hidden = !shown;
+    if (!shown) { els.prediction.textContent = ""; return; }
+    const others = p.labels.slice(1).map((v) => v.value + " " + Math.round(v.confidence * 100) + "%");
+    els.prediction.textContent = "Predicted " + p.by + ": " + p.label + " (" + Math.round(p.labels[0].confidence * 100) + "%)"
+      + (others.length ? "; then " + others.join(", ") : "");
   }
 
   function render(results) {
