@@ -329,7 +329,7 @@ def stats(
             typer.echo(json.dumps(s.to_dict()))
         else:
             for key, value in s.to_dict().items():
-                typer.echo(f"{key:>10}: {'none yet (nothing indexed)' if value is None else value}")
+                typer.echo(f"{key:>10}: {_stat_text(key, value)}")
 
     _run(go)
 
@@ -350,6 +350,13 @@ def failures(index: Optional[Path] = IndexOpt, as_json: bool = JsonOpt) -> None:
             typer.echo(f"{_safe(display_path(f.path))}\n    {f.error}: {f.message}")
 
     _run(go)
+
+
+def _stat_text(key: str, value: Any) -> str:
+    """None reads as what it means: no model yet, or an exact index without lists to probe."""
+    if value is not None:
+        return str(value)
+    return "- (exact search)" if key in ("nlist", "nprobe") else "none yet (nothing indexed)"
 
 
 def _describe(meta: dict[str, Any] | None) -> str:
