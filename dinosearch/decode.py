@@ -7,20 +7,18 @@ touches the file system, and so a file's hash and its pixels always come from th
 from __future__ import annotations
 
 import io
-import os
-import tempfile
-import threading
 import warnings
-from contextlib import contextmanager
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageCms, ImageOps, TiffImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
+from .codec_output import CodecOutput, quiet_codecs  # noqa: F401 - re-exported for the decode workers
+from .decode_errors import RAISE_LIMIT, DecodeError, is_unsupported, kind_of, too_large, unsupported, unsupported_tiff  # noqa: F401
 from .prepare import fit
 from .records import MAX_PIXELS, Preprocess
 from .records import FailureKind as K
+from .sniff import damaged_format, sniff  # noqa: F401 - re-exported: callers meet them here
 
 # By content, never by extension. Everything else (EPS, PDF, PSD, FITS, SVG ...) is never handed to a codec.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
@@ -41,80 +39,12 @@ def _register_heif() -> None:
         _heif_registered = True
 
 
-class DecodeError(Exception):
-    """A per-file failure: `kind` is a short tag, the message says what is wrong and what to do."""
-
-    def __init__(self, kind: K, message: str):
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-
-
 @dataclass(frozen=True)
 class Decoded:
     pixels: np.ndarray  # (crop_height, crop_width, 3) uint8, RGB
     width: int  # of the original image, after EXIF orientation
     height: int
     format: str
-
-
-_SIGNATURES = (
-    (b"%PDF", "PDF"),
-    (b"8BPS", "PSD (Photoshop)"),
-    (b"%!PS", "PostScript/EPS"),
-    (b"\xc5\xd0\xd3\xc6", "EPS"),
-    (b"SIMPLE  =", "FITS"),
-    (b"PK\x03\x04", "a ZIP archive"),
-    (b"\x1f\x8b", "gzip data"),
-)
-
-
-# Magic numbers of the allowed formats: bytes that start like one but that Pillow cannot identify are a
-# damaged image ("corrupt"), not some other kind of file.
-_IMAGE_SIGNATURES = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-)
-
-
-def _magic(data: bytes, signatures: tuple[tuple[bytes, str], ...]) -> str | None:
-    """The name of the first signature the bytes start with."""
-    return next((name for magic, name in signatures if data.startswith(magic)), None)
-
-
-def damaged_format(data: bytes) -> str | None:
-    """The allowed format the bytes claim to be by their magic number, if any."""
-    claimed = _magic(data, _IMAGE_SIGNATURES)
-    if claimed is not None:
-        return claimed
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WebP"
-    if data[:2] == b"BM" and len(data) >= 26 and int.from_bytes(data[2:6], "little") in (0, len(data)):
-        return "BMP"
-    if data[4:8] == b"ftyp" and data[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"avif", b"avis", b"hevc"):
-        return "HEIF/AVIF"
-    return None
-
-
-def sniff(data: bytes) -> str | None:
-    """Name what the bytes look like, for the failure message of a non-image."""
-    known = _magic(data, _SIGNATURES)
-    if known is not None:
-        return known
-    head = data[:512].lstrip().lower()
-    if b"<svg" in head or (head.startswith(b"<?xml") and b"svg" in head):
-        return "SVG"
-    if head.startswith((b"<!doctype html", b"<html")):
-        return "HTML"
-    try:
-        data[:512].decode("utf-8")
-        return "text"
-    except UnicodeDecodeError:
-        return None
 
 
 def open_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -141,30 +71,17 @@ def open_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
         # Pillow's own limit fired first: ours (`max_pixels`, which may be higher) is the one that decides.
         im = _open_unchecked(data)
         if im is None or im.size[0] * im.size[1] > max_pixels:
-            raise _too_large(im.size if im is not None else None, max_pixels) from None
+            raise too_large(im.size if im is not None else None, max_pixels) from None
     except Exception as exc:  # noqa: BLE001 - codecs raise anything on malformed headers
-        if _is_unsupported(exc):
-            raise _unsupported(damaged_format(data) or "image", str(exc)) from None
-        raise DecodeError(K.CORRUPT, f"unreadable {_kind_of(exc)} in the image header; re-export the file") from None
+        if is_unsupported(exc):
+            raise unsupported(damaged_format(data) or "image", str(exc)) from None
+        raise DecodeError(K.CORRUPT, f"unreadable {kind_of(exc)} in the image header; re-export the file") from None
     width, height = im.size
     if width <= 0 or height <= 0:
         raise DecodeError(K.CORRUPT, f"declares an impossible size {width}x{height}; re-export the file")
     if width * height > max_pixels:
-        raise _too_large((width, height), max_pixels)
+        raise too_large((width, height), max_pixels)
     return im
-
-
-# How to raise the pixel limit, named in the too-large message.
-RAISE_LIMIT = "`dinosearch index --max-pixels N` (Index.add(..., max_pixels=N))"
-
-
-def _too_large(size: tuple[int, int] | None, max_pixels: int) -> DecodeError:
-    dims = f"is {size[0]}x{size[1]} ({size[0] * size[1] / 1e6:.0f} MP)" if size else "declares more pixels than that"
-    return DecodeError(
-        K.TOO_LARGE,
-        f"{dims}, over the limit of {max_pixels} pixels ({max_pixels / 1e6:.0f} MP); "
-        f"downscale it, or raise the limit with {RAISE_LIMIT}",
-    )
 
 
 def _open_unchecked(data: bytes) -> Image.Image | None:
@@ -181,39 +98,6 @@ def _open_unchecked(data: bytes) -> Image.Image | None:
         except Exception:  # noqa: BLE001 - not this format: try the next
             continue
     return None
-
-
-# Pillow's words for a valid file of a variant it does not implement (BMP bit layouts and compressions,
-# TIFF codecs left out of this libtiff), as opposed to damage.
-_UNSUPPORTED_WORDS = ("unsupported", "not supported", "not configured", "not implemented", "unknown compression")
-
-# TIFF compressions every Pillow build reads (raw, CCITT, LZW, JPEG, deflate, PackBits).
-_TIFF_COMMON = frozenset({1, 2, 3, 4, 5, 6, 7, 8, 32773, 32946})
-
-
-def _is_unsupported(exc: BaseException) -> bool:
-    return isinstance(exc, (OSError, ValueError, NotImplementedError)) and any(
-        w in str(exc).lower() for w in _UNSUPPORTED_WORDS
-    )
-
-
-def _unsupported(fmt: str, why: str) -> DecodeError:
-    return DecodeError(
-        K.UNSUPPORTED,
-        f"a valid {fmt} file of a variant this decoder cannot read ({why.rstrip('.')}); "
-        "the file is not damaged: convert it to PNG or JPEG to index it",
-    )
-
-
-def _unsupported_tiff(im: Image.Image) -> DecodeError | None:
-    compression = getattr(im, "tag_v2", {}).get(259) if im.format == "TIFF" else None
-    if compression is None or compression in _TIFF_COMMON:
-        return None
-    return _unsupported("TIFF", f"compression {TiffImagePlugin.COMPRESSION_INFO.get(compression, compression)}")
-
-
-def _kind_of(exc: BaseException) -> str:
-    return "data" if isinstance(exc, (ValueError, SyntaxError)) else "structure"
 
 
 def load_rgb(
@@ -240,9 +124,9 @@ def load_rgb(
     except MemoryError:
         raise DecodeError(K.TOO_LARGE, "ran out of memory decoding this image; downscale it and try again") from None
     except Exception as exc:  # noqa: BLE001 - truncated or corrupt data raises many types
-        unsupported = _unsupported_tiff(im) or (_unsupported(fmt, str(exc)) if _is_unsupported(exc) else None)
-        if unsupported is not None:
-            raise unsupported from None
+        variant = unsupported_tiff(im) or (unsupported(fmt, str(exc)) if is_unsupported(exc) else None)
+        if variant is not None:
+            raise variant from None
         raise DecodeError(
             K.CORRUPT, f"{fmt} data is truncated or corrupt ({type(exc).__name__}); re-copy or re-export it"
         ) from None
@@ -390,54 +274,6 @@ def decode(data: bytes, pre: Preprocess, *, max_pixels: int = MAX_PIXELS) -> Dec
 def prepare_pil(im: Image.Image, pre: Preprocess) -> np.ndarray:
     """An already-open PIL image (library callers) -> model-ready pixels, with the same conversions."""
     return resize_and_crop(_to_rgb(_upright(im)), pre)
-
-
-class CodecOutput:
-    """What C codecs write to this process's stderr (libtiff prints hundreds of lines for some damaged
-    files), kept off the user's terminal: fd 2 goes to a temporary file, read back per file. For a
-    decode worker, which owns its stderr; see `quiet_codecs` for a one-off decode elsewhere."""
-
-    def __init__(self) -> None:
-        self._file = tempfile.TemporaryFile()
-        os.dup2(self._file.fileno(), 2)
-
-    def clear(self) -> None:
-        os.lseek(2, 0, os.SEEK_SET)
-        os.ftruncate(2, 0)
-
-    def said(self) -> str:
-        """The first line the codec wrote since `clear` (without the name of Pillow's temporary file)."""
-        os.lseek(2, 0, os.SEEK_SET)
-        return _first_line(os.read(2, 4096))
-
-
-def _first_line(raw: bytes) -> str:
-    line = next((ln.strip() for ln in raw.decode("utf-8", "replace").splitlines() if ln.strip()), "")
-    return line.removeprefix("tempfile.tif: ")[:200]
-
-
-_QUIET = threading.Lock()
-
-
-@contextmanager
-def quiet_codecs() -> Iterator[None]:
-    """Run a decode with this process's stderr (fd 2) set aside; a DecodeError raised inside gets the
-    codec's first line appended to its message."""
-    with _QUIET, tempfile.TemporaryFile() as sink:
-        saved = os.dup(2)
-        try:
-            os.dup2(sink.fileno(), 2)
-            yield
-        except DecodeError as exc:
-            sink.seek(0)
-            said = _first_line(sink.read(4096))
-            if said:
-                exc.message = f"{exc.message} (the decoder said: {said})"
-                exc.args = (exc.message,)
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 def check_decodable(data: bytes, *, max_pixels: int = MAX_PIXELS) -> None:
