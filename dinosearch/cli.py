@@ -259,56 +259,6 @@ def query(
     _run(go)
 
 
-class ExplainMethod(str, Enum):
-    patches = "patches"
-    cls = "cls"
-
-
-@app.command()
-def explain(
-    images: Optional[list[str]] = typer.Argument(
-        None, help="QUERY then RESULT: paths or http(s) URLs (leave one out for --id / --result-id)", show_default=False
-    ),
-    output: Path = typer.Option(..., "-o", "--output", help="Where to write the PNG (the result's size)"),
-    query_id: Optional[int] = typer.Option(None, "--id", min=1, help="The query is this indexed image"),
-    result_id: Optional[int] = typer.Option(None, "--result-id", min=1, help="The result is this indexed image"),
-    crop: Optional[str] = typer.Option(None, "--crop", help="Explain a region of the query: x,y,w,h in pixels, or fractions 0-1"),
-    method: ExplainMethod = typer.Option(
-        ExplainMethod.patches, "--method", help="patches: each result patch vs the most similar query patch; cls: vs the query's CLS token"
-    ),
-    alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="How much the colour map covers the image (0-1)"),
-    index: Optional[Path] = IndexOpt,
-    model: Optional[str] = typer.Option(None, "--model", help="Model [default: the index's]"),
-    device: Device = typer.Option(Device.auto, "--device", help="Where the model runs"),
-    backend: Backend = BackendOpt,
-    precision: Precision = PrecisionOpt,
-) -> None:
-    """Write a heat map of which parts of RESULT are most like QUERY, blended over RESULT, as a PNG."""
-    wanted = 2 - (query_id is not None) - (result_id is not None)
-    if len(images or []) != wanted:
-        raise typer.BadParameter(f"give {wanted} image(s): QUERY RESULT, less the one named by --id or --result-id", param_hint="IMAGES")
-
-    def go() -> None:
-        from .query import Term
-        from .region import parse_crop
-
-        rest = list(images or [])
-        query = Term(id=query_id) if query_id is not None else Term(image=rest.pop(0))
-        result = Term(id=result_id) if result_id is not None else Term(image=rest.pop(0))
-        if crop is not None:
-            query = Term(image=query.image, id=query.id, crop=parse_crop(crop))
-        with _open(index, create=False, model=model or settings.model_from_env(), device=device.value,
-                   backend=backend.value, precision=precision.value) as ix:
-            png = ix.explain(query, result, method=method.value).png(alpha=alpha)
-        try:
-            output.write_bytes(png)
-        except OSError as exc:
-            raise DinosearchError(f"cannot write {output}: {exc.strerror or exc}") from None
-        typer.echo(str(output))
-
-    _run(go)
-
-
 @app.command()
 def stats(
     index: Optional[Path] = IndexOpt,
@@ -432,73 +382,8 @@ class _progress:
             self.bar.stop()
 
 
-@app.command()
-def serve(
-    index: Optional[Path] = IndexOpt,
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; anything but loopback needs --api-key"),
-    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to listen on"),
-    api_key: Optional[str] = typer.Option(
-        None, "--api-key", envvar="DINOSEARCH_API_KEY", help="Require `Authorization: Bearer KEY` on every /api/ route"
-    ),
-    insecure_no_api_key: bool = typer.Option(
-        False, "--insecure-no-api-key",
-        help="Allow a non-loopback --host without --api-key (anyone who reaches it can see your images)",
-    ),
-    allowed_host: Optional[list[str]] = typer.Option(
-        None, "--allowed-host", help="Another name clients reach the server by, accepted in the Host header (repeatable)"
-    ),
-    model: Optional[str] = typer.Option(
-        None, "--model", help="Model for uploaded images (default: the one the index was made with)"
-    ),
-    device: Device = typer.Option(Device.auto, "--device", help="Where the model runs"),
-    backend: Backend = BackendOpt,
-    precision: Precision = PrecisionOpt,
-    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.01, help="Largest request body, in MB"),
-    max_megapixels: float = typer.Option(50.0, "--max-megapixels", min=0.01, help="Largest uploaded image, in megapixels"),
-    queue_size: int = typer.Option(32, "--queue-size", min=1, help="Uploads in flight before the server answers 503"),
-    server_workers: int = typer.Option(
-        1, "--workers", min=1, help="Server processes; they map one copy of an IVF vector index (each loads the model)"
-    ),
-) -> None:
-    """Serve the search page and the JSON API (FastAPI on uvicorn)."""
-
-    def go() -> None:
-        import os
-
-        # Settings only: the app itself is imported by uvicorn from the string below.
-        from .accel import backend_device, check_backend
-        from .settings import ENV_VAR, WebSettings, check_bind
-
-        check_bind(host, api_key, insecure_no_api_key)
-        # The model's OpenMP threads should sleep, not spin, between operations, as in `index`:
-        # spinning threads take cores the decode process and the event loop need. Set before torch
-        # is imported (check_backend may import it); a user's setting wins.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        # The model loads once the server is up: refuse an impossible backend now, in one line.
-        check_backend(backend.value, backend_device(backend.value, device.value), precision.value)
-        directory = _index_dir(index)
-        _open(directory, create=False).close()  # a missing index fails here, in one line
-        web = WebSettings(
-            index_dir=str(directory), model=model or settings.model_from_env(), device=device.value,
-            backend=backend.value, precision=precision.value, host=host,
-            port=port, api_key=api_key or None, allowed_hosts=tuple(allowed_host or ()),
-            insecure_no_api_key=insecure_no_api_key, max_body_bytes=int(max_upload_mb * 1024 * 1024),
-            max_pixels=int(max_megapixels * 1_000_000), queue_size=queue_size,
-        )
-        os.environ[ENV_VAR] = web.to_json()
-        import uvicorn
-
-        uvicorn.run(
-            "dinosearch.web.app:app_from_env", factory=True, host=host, port=port,
-            proxy_headers=False, server_header=False, log_level="info", timeout_graceful_shutdown=5,
-            **({"workers": server_workers} if server_workers > 1 else {}),
-        )
-
-    _run(go)
-
-
-# label, eval and export live in cli_dataset.py; importing it registers them on `app`.
-from . import cli_dataset  # noqa: E402,F401
+# More commands live in modules of their own; importing them registers them on `app`.
+from . import cli_dataset, cli_explain, cli_serve  # noqa: E402,F401
 
 
 def main() -> None:
