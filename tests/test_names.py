@@ -81,7 +81,7 @@ def test_json_paths_lead_back_to_the_real_files(env: dict, folder: Path, tmp_pat
         os.fsdecode(os.path.join(os.fsencode(folder), b"broken-" + RAW)), str(folder / f"broken-{LITERAL}"),
     }
     assert all(os.path.exists(p) for p in by_path)
-    assert set(by_path[str(folder / LITERAL)]) == {"rank", "id", "score", "path", "metadata"}
+    assert set(by_path[str(folder / LITERAL)]) == {"rank", "id", "score", "path", "metadata", "timestamp"}
     assert by_path[str(folder / LITERAL)]["path"] == str(folder / LITERAL)
     assert set(by_path[str(folder / f"broken-{LITERAL}")]) == {"path", "error", "message"}
     for raw in (RAW, b"broken-" + RAW):
