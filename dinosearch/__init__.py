@@ -1,7 +1,7 @@
 """dinosearch: local-first image similarity search with DINOv2, FAISS and SQLite.
 
 Public API (imported lazily, so `import dinosearch` and the CLI start fast):
-    Index, Hit, Failure, IndexReport, Stats, DinosearchError
+    Index, Hit, Failure, IndexReport, Stats, DuplicateGroup, DuplicateMember, DinosearchError
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ _EXPORTS = {
     "Stats": "dinosearch.records",
     "ModelFingerprint": "dinosearch.records",
     "DinosearchError": "dinosearch.errors",
+    "DuplicateGroup": "dinosearch.duplicates",
+    "DuplicateMember": "dinosearch.duplicates",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -319,6 +319,9 @@ def serve(
     _run(go)
 
 
+from . import dupcli as _dupcli  # noqa: E402,F401  (adds the `duplicates` command to app)
+
+
 def main() -> None:
     app()
 

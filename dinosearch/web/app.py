@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..api import Index
+from .dup_routes import dup_api, dup_page
 from .engine import ModelUnavailable, Overloaded, QueryEngine
 from .guard import Guard
 from .media import Thumbnails
@@ -99,6 +100,8 @@ def create_app(settings: WebSettings, *, index: Index | None = None) -> FastAPI:
     _add_error_handlers(app)
     app.include_router(api)
     app.include_router(media)
+    app.include_router(dup_api)
+    app.include_router(dup_page)
 
     page = (HERE / "templates" / "index.html").read_text(encoding="utf-8")
     page = page.replace("{{max_body_bytes}}", str(settings.max_body_bytes)).replace(

@@ -19,24 +19,7 @@
   let retry = null;          // what to run again once an API key is given
 
   // API ------------------------------------------------------------------------------------------
-  function apiKey() {
-    try { return sessionStorage.getItem("dinosearch-key") || ""; } catch (e) { return ""; }
-  }
-
-  async function api(path, options) {
-    const opts = Object.assign({ headers: {} }, options || {});
-    const key = apiKey();
-    if (key) opts.headers.Authorization = "Bearer " + key;
-    const res = await fetch(path, opts);
-    let body = null;
-    try { body = await res.json(); } catch (e) { body = null; }
-    if (!res.ok) {
-      const err = new Error((body && typeof body.detail === "string") ? body.detail : "the server answered " + res.status);
-      err.status = res.status;
-      throw err;
-    }
-    return body;
-  }
+  const { api, el } = window.dinosearch; // common.js
 
   function needKey(again) {
     retry = again;
@@ -121,13 +104,6 @@
       const u = new URL(value);
       return (u.protocol === "https:" || u.protocol === "http:") ? u.href : null; // never javascript: etc.
     } catch (e) { return null; }
-  }
-
-  function el(tag, className, text) {
-    const node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text !== undefined) node.textContent = text;
-    return node;
   }
 
   function render(results) {
