@@ -8,7 +8,7 @@
     level: $("level"), keep: $("keep"), status: $("status"), groups: $("groups"), pager: $("pager"),
     prev: $("prev"), next: $("next"), pageLabel: $("page-label"), keyForm: $("key-form"), keyInput: $("key-input"),
   };
-  const state = { level: "near", keep: "largest", page: 1, pages: 1 };
+  const state = { level: "near", keep: "largest", page: 1, pages: 1, perPage: 20 };
   let generation = 0; // answers to superseded requests are dropped
 
   const { api, el } = window.dinosearch; // common.js
@@ -24,13 +24,17 @@
     if (["largest", "oldest", "newest"].includes(q.get("keep"))) state.keep = q.get("keep");
     const page = Number(q.get("page"));
     if (Number.isInteger(page) && page >= 1) state.page = page;
+    const perPage = Number(q.get("per_page"));
+    if (Number.isInteger(perPage) && perPage >= 1 && perPage <= 100) state.perPage = perPage;
     els.level.value = state.level;
     els.keep.value = state.keep;
   }
 
   async function load() {
     const mine = ++generation;
-    const params = new URLSearchParams({ level: state.level, keep: state.keep, page: String(state.page) });
+    const params = new URLSearchParams({
+      level: state.level, keep: state.keep, page: String(state.page), per_page: String(state.perPage),
+    });
     history.replaceState(null, "", "?" + params.toString());
     setStatus("Looking for duplicates…");
     els.groups.setAttribute("aria-busy", "true");
