@@ -28,6 +28,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.bench $(BENCH_ARGS)
 	$(BIN)/python -m tests.bench.load --shape vit-s14 --rate 4 --seconds 20 --burst 48 --queue-size 8
+	$(BIN)/python -m tests.bench.duplicates_bench $(DUP_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache build *.egg-info
