@@ -18,7 +18,7 @@ import numpy as np
 Chunks = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]  # () -> (ids (n,) int64, vectors (n, dim) float32), ...
 
 K = 32  # neighbours per query in the first pass
-K_MAX = 512  # a query whose k-th neighbour is still above the threshold is searched again, up to this
+K_MAX = 128  # a query whose k-th neighbour is still above the threshold is searched again, up to this
 EXACT_MAX = 20_000
 NPROBE = 16
 TRAIN_PER_LIST = 16
