@@ -58,7 +58,8 @@
       setStatus("No duplicates at this level.");
     } else {
       setStatus(body.total_groups + (body.total_groups === 1 ? " group, " : " groups, ") + body.total_duplicates +
-        (body.total_duplicates === 1 ? " duplicate" : " duplicates") + " (cosine ≥ " + body.threshold.toFixed(3) + ").");
+        (body.total_duplicates === 1 ? " duplicate" : " duplicates") +
+        (body.level === "exact" ? " (same content)." : " (cosine ≥ " + body.threshold.toFixed(3) + ")."));
     }
     els.pager.hidden = body.pages <= 1;
     els.pageLabel.textContent = "Page " + body.page + " of " + body.pages;
