@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.bench.video_bench --seconds 20 --shape vit-s14
 	$(BIN)/python -m tests.bench.ray_bench
 	$(BIN)/python -m tests.bench.eval_bench $(EVAL_BENCH_ARGS)
+	$(BIN)/python -m tests.bench.duplicates_bench $(DUP_BENCH_ARGS)
 
 bench-scale: $(STAMP)
 	$(BIN)/python -m tests.bench.scale_bench $(SCALE_ARGS)

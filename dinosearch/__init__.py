@@ -1,7 +1,8 @@
 """dinosearch: local-first image similarity search with DINOv2, FAISS and SQLite.
 
 Public API (imported lazily, so `import dinosearch` and the CLI start fast):
-    Index, Hit, Failure, IndexReport, Stats, VideoOptions, DinosearchError, Prediction, Evaluation, ExportReport
+    Index, Hit, Failure, IndexReport, Stats, VideoOptions, DinosearchError, Prediction, Evaluation, ExportReport, DuplicateGroup,
+    DuplicateMember
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ _EXPORTS = {
     "Prediction": "dinosearch.label",
     "Evaluation": "dinosearch.evaluate",
     "ExportReport": "dinosearch.export",
+    "DuplicateGroup": "dinosearch.duplicates",
+    "DuplicateMember": "dinosearch.duplicates",
 }
 
 __all__ = ["__version__", *_EXPORTS]

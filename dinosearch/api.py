@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .duplicates import DuplicateGroup, find_duplicates
 from .embed import Embedder, l2_normalise
 from .errors import DinosearchError, ImageError, IndexNotFoundError
 from .explain import Explainer, Explanation, load_result
@@ -416,6 +417,19 @@ class Index:
 
     def failures(self) -> list[Failure]:
         return self.catalogue.list_failures()
+
+    def duplicates(
+        self, *, level: str = "near", threshold: float | None = None, keep: str = "largest",
+        under: str | os.PathLike[str] | None = None,
+    ) -> list[DuplicateGroup]:
+        """Groups of copies among the indexed images, largest groups first, each with its keeper.
+
+        `level`: exact (same content hash), near or similar (cosine >= the level's default, or
+        `threshold`); `keep`: largest, oldest, newest or path-prefix=PREFIX; `under`: only images
+        below this path. From the stored vectors: the model is never loaded. Raises DinosearchError
+        for a bad level, threshold or rule, or an `under` that holds no indexed image.
+        """
+        return find_duplicates(self.catalogue, level=level, threshold=threshold, keep=keep, under=under)
 
     def close(self) -> None:
         self.catalogue.close()

@@ -386,6 +386,9 @@ class _progress:
 from . import cli_dataset, cli_explain, cli_serve  # noqa: E402,F401
 
 
+from . import dupcli as _dupcli  # noqa: E402,F401  (adds the `duplicates` command to app)
+
+
 def main() -> None:
     app(args=_ray_without_value(sys.argv[1:]))
 

@@ -254,3 +254,25 @@ def test_an_index_at_the_first_schema_upgrades_in_place(tmp_path: Path) -> None:
                 )
     finally:
         cat.close()
+
+
+def test_duplicates_treat_a_video_as_one_file(ix: Index, tmp_path: Path) -> None:
+    """A still taken from a video is its near duplicate; a video's own frames never group together,
+    and a copy of a video is one exact duplicate of it, not one per frame."""
+    a, b, c = stills(3, seed=700)
+    video = make_video(tmp_path / "lib" / "scenes.mp4", [(0.0, a), (2.0, b), (4.0, c)], seconds=6)
+    shutil.copy(video, tmp_path / "lib" / "copy.mp4")
+    save(b, tmp_path / "lib" / "still.png")
+    for i in range(3):
+        save(photo(96, 64, seed=800 + i), tmp_path / "lib" / f"other{i}.png")
+    ix.add(tmp_path / "lib", video=VIDEO)
+    assert len(frames_of(ix, video)) >= 3
+    [exact] = ix.duplicates(level="exact")
+    assert sorted(os.path.basename(m.path) for m in (exact.keeper, *exact.duplicates)) == ["copy.mp4", "scenes.mp4"]
+    for g in ix.duplicates(level="near", threshold=0.999):
+        paths = [m.path for m in (g.keeper, *g.duplicates)]
+        assert len(paths) == len(set(paths)), paths  # one member per file: never a video's frames together
+    groups = ix.duplicates(level="near", threshold=0.999)
+    still = [g for g in groups if any(m.path.endswith("still.png") for m in (g.keeper, *g.duplicates))]
+    assert still and {os.path.basename(m.path) for m in (still[0].keeper, *still[0].duplicates)} >= {"still.png"}
+    assert any(m.path.endswith(".mp4") for m in (still[0].keeper, *still[0].duplicates))

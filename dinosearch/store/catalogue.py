@@ -371,6 +371,33 @@ class Catalogue:
                 yield ids, [path_of(r[1]) for r in rows], [json.loads(r[2]) if r[2] else None for r in rows], vecs
                 last = int(ids[-1])
 
+    # duplicates ---------------------------------------------------------------------------------
+    def facts_by_id(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """id -> {path, root, width, height, size, mtime_ns} for the ids that exist (what keeper rules compare)."""
+        ids = [int(i) for i in ids]
+        out: dict[int, dict[str, Any]] = {}
+        cols = (images.c.id, images.c.path, images.c.root, images.c.width, images.c.height, images.c.size, images.c.mtime_ns)
+        with self.engine.connect() as conn:
+            for part in chunks(ids):
+                for id_, key, root, w, h, size, mtime in conn.execute(select(*cols).where(images.c.id.in_(part))):
+                    out[id_] = {"path": path_of(key), "root": path_of(root), "width": w, "height": h, "size": size, "mtime_ns": mtime}
+        return out
+
+    def same_hash_ids(self) -> list[list[int]]:
+        """Ids of the images that share a content hash with another, one list (ascending ids) per hash."""
+        shared = select(images.c.content_hash).group_by(images.c.content_hash).having(func.count() > 1)
+        q = select(images.c.content_hash, images.c.id).where(images.c.content_hash.in_(shared))
+        groups: dict[str, list[int]] = {}
+        with self.engine.connect() as conn:
+            for h, id_ in conn.execute(q.order_by(images.c.content_hash, images.c.id)):
+                groups.setdefault(h, []).append(int(id_))
+        return list(groups.values())
+
+    def roots(self) -> list[str]:
+        """The distinct roots (indexed PATHs) of the images in the catalogue."""
+        with self.engine.connect() as conn:
+            return [path_of(r[0]) for r in conn.execute(select(images.c.root).distinct())]
+
 
 def _bump(conn: Any) -> None:
     updated = conn.execute(

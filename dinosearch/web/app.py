@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..api import Index
+from .dup_routes import dup_api, dup_page
 from .engine import ModelUnavailable, Overloaded, QueryEngine
 from .explain import explain_api
 from .guard import Guard
@@ -107,6 +108,8 @@ def create_app(settings: WebSettings, *, index: Index | None = None) -> FastAPI:
     app.include_router(api)
     app.include_router(media)
     app.include_router(explain_api)
+    app.include_router(dup_api)
+    app.include_router(dup_page)
 
     page = (HERE / "templates" / "index.html").read_text(encoding="utf-8")
     page = page.replace("{{max_body_bytes}}", str(settings.max_body_bytes)).replace(

@@ -24,30 +24,7 @@
   let retry = null;          // what to run again once an API key is given
 
   // API ------------------------------------------------------------------------------------------
-  function apiKey() {
-    try { return sessionStorage.getItem("dinosearch-key") || ""; } catch (e) { return ""; }
-  }
-
-  // The response of an API call, or an Error carrying the server's {"detail"} and status.
-  async function send(path, options) {
-    const opts = Object.assign({ headers: {} }, options || {});
-    const key = apiKey();
-    if (key) opts.headers.Authorization = "Bearer " + key;
-    const res = await fetch(path, opts);
-    if (!res.ok) {
-      let body = null;
-      try { body = await res.json(); } catch (e) { body = null; }
-      const err = new Error((body && typeof body.detail === "string") ? body.detail : "the server answered " + res.status);
-      err.status = res.status;
-      throw err;
-    }
-    return res;
-  }
-
-  async function api(path, options) {
-    const res = await send(path, options);
-    try { return await res.json(); } catch (e) { return null; }
-  }
+  const { apiKey, api, send, el } = window.dinosearch; // common.js
 
   function needKey(again) {
     retry = again;
@@ -276,13 +253,6 @@
       const u = new URL(value);
       return (u.protocol === "https:" || u.protocol === "http:") ? u.href : null; // never javascript: etc.
     } catch (e) { return null; }
-  }
-
-  function el(tag, className, text) {
-    const node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text !== undefined) node.textContent = text;
-    return node;
   }
 
   // The index's labels, voted by the nearest labelled images: only when the index has labels.
