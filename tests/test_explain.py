@@ -15,7 +15,7 @@ from dinosearch.errors import ImageError, QueryError, UnknownImageError
 from dinosearch.explain import grid_for, overlay
 from dinosearch.query import Term
 from tests.conftest import run_cli
-from tests.images import jpeg_bytes, photo, save, with_exif_orientation
+from tests.images import photo, save, with_exif_orientation
 
 PATCH = 14
 QUERY_CROP_OFFSET = 16  # a 256x256 query: resize 256 is a no-op, the 224 centre crop starts at 16

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from dinosearch.errors import QueryError
-from dinosearch.query import NEGATIVE_WEIGHT, Term, combine, parse_term, query_terms
+from dinosearch.query import NEGATIVE_WEIGHT, combine, parse_term, query_terms
 from dinosearch.records import Hit, Preprocess
 from dinosearch.refine import collapse, refined, within
 from dinosearch.region import Crop, crop_box, decode_region, parse_crop
