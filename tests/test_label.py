@@ -118,7 +118,7 @@ def test_index_label_votes_among_labelled_neighbours(tmp_path: Path) -> None:
 
 def test_label_cli_text_and_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _colour_index(tmp_path)
-    monkeypatch.setattr("dinosearch.api.Dinov2Embedder", lambda *a, **kw: ColourEmbedder())
+    monkeypatch.setattr("dinosearch.embed.Dinov2Embedder", lambda *a, **kw: ColourEmbedder())
     query = solid(tmp_path / "q" / "lime.png", (60, 250, 10))
     ix = str(tmp_path / "ix")
     r = runner.invoke(app, ["label", str(query), "--index", ix, "-k", "2", "--json"])

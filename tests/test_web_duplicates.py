@@ -26,7 +26,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> tuple[Pat
 @pytest.fixture(scope="module")
 def server(tree: tuple[Path, Path]) -> Iterator[LiveServer]:
     from dinosearch.web.app import create_app
-    from dinosearch.web.settings import WebSettings
+    from dinosearch.settings import WebSettings
 
     with LiveServer(create_app(WebSettings(index_dir=str(tree[1])))) as s:
         yield s
@@ -90,7 +90,7 @@ def test_api_needs_the_key_when_the_server_has_one(tree: tuple[Path, Path]) -> N
     from fastapi.testclient import TestClient
 
     from dinosearch.web.app import create_app
-    from dinosearch.web.settings import WebSettings
+    from dinosearch.settings import WebSettings
 
     with TestClient(create_app(WebSettings(index_dir=str(tree[1]), api_key=KEY)), base_url="http://127.0.0.1:8000") as c:
         assert c.get("/api/duplicates").status_code == 401

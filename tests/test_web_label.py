@@ -29,7 +29,7 @@ def labelled_index(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) ->
 
 def _app(index_dir: Path) -> Any:
     from dinosearch.web.app import create_app
-    from dinosearch.web.settings import WebSettings
+    from dinosearch.settings import WebSettings
 
     return create_app(WebSettings(index_dir=str(index_dir)))
 
