@@ -295,11 +295,12 @@ class Index:
         collapse: float | None = None,
         exact: bool = False,
         nprobe: int | None = None,
+        all_frames: bool = False,
     ) -> list[Hit]:
         """More like an indexed image, from its stored vector (and, with `minus`, unlike those); the
-        image itself is left out. Raises UnknownImageError."""
+        image itself is left out. The other options as for `search`. Raises UnknownImageError."""
         return self.search(Term(id=int(image_id)), k=k, where=where, minus=minus, within=within, collapse=collapse,
-                           exact=exact, nprobe=nprobe)
+                           exact=exact, nprobe=nprobe, all_frames=all_frames)
 
     def label(self, *images: ImageLike, by: str = "label", k: int = 20) -> list["Prediction"]:
         """Predict metadata `by` for each image (not their mean) by a similarity-weighted vote of
