@@ -140,8 +140,10 @@ class Index:
         with WriterLock(self.dir):
             made_with = self.fingerprint
             self.model.check_before_write()
-            if self._index_type not in (None, "auto", "flat") and made_with is not None:
-                validate_index_type(self._index_type, made_with.dim)  # a bad --index-type fails before any work
+            if self._index_type not in (None, "auto", "flat"):
+                # A bad --index-type fails before any work; a new index learns its dim from the model.
+                dim = made_with.dim if made_with is not None else self.model.get().fingerprint.dim
+                validate_index_type(self._index_type, dim)
             base_version = self.catalogue.version()
             changes: list[Changes] = []
             run = indexer.run if ray is None else ray_index.runner(model=self.model, address=ray)
