@@ -67,10 +67,7 @@ def run(
     if video is not None and not video_available():
         raise DinosearchError(f"--video needs PyAV (FFmpeg's libraries): {INSTALL_HINT}")
     started = time.monotonic()
-    # The model's OpenMP threads should sleep, not spin, between operations: spinning threads steal
-    # the cores the decode workers need (measured on 2 cores: +35% images/s). Only takes effect when
-    # torch is imported after this (the CLI's case); a user's setting wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see api.Index.add
     p = plan(catalogue, [os.path.abspath(r) for r in roots], follow_symlinks=follow_symlinks, video=video is not None)
     writer = Writer(catalogue, p, commit_every=commit_every, commit_seconds=commit_seconds)
     try:
