@@ -91,6 +91,15 @@ class _Pending:
     decoded: Decoded
 
 
+def _feed(router: Router, pool: DecodePool[ToDecode], video: VideoOptions) -> None:
+    """Move files into the decode pool (blocks while the workers are busy: bounded memory)."""
+    for item in router.files_to_decode():
+        if item.file.video:
+            pool.submit(item, VideoRequest(item.file.path, video))
+        else:
+            pool.submit(item, item.data if item.data is not None else item.file.path)
+
+
 class _LocalRun:
     """Routing in a thread, decoding in a process pool, embedding in this thread, writes via `writer`."""
 
@@ -107,6 +116,7 @@ class _LocalRun:
         self.router = Router(catalogue, p.todo, self.results, indexed_sizes={k.size for k in p.known.values()},
                              threads=min(8, cpus))
         self.pool: DecodePool[ToDecode] | None = None
+        self.feeder: threading.Thread | None = None
         self.embedder: Embedder | None = None
         self.batch: list[_Pending] = []
 
@@ -137,6 +147,11 @@ class _LocalRun:
             self.router.stop.set()
             if self.pool is not None:
                 self.pool.close()
+            # Joined, not left to die with the interpreter: a daemon thread still running at exit is
+            # killed inside whatever C++ it is in (torch aborts with "terminate called ...").
+            for thread in (self.feeder, self.router):
+                if thread is not None and thread.is_alive():
+                    thread.join(timeout=10)
 
     def _start_decoding_if_needed(self) -> None:
         if self.pool is None and self.router.need_decoder.is_set():
@@ -145,18 +160,14 @@ class _LocalRun:
                 self.embedder.preprocess, workers=self.workers, timeout=self.decode_timeout,
                 max_pixels=self.max_pixels, max_ready=2 * self._batch_limit(), results=self.results,
             )
-            threading.Thread(target=self._feed, args=(self.pool,), name="dinosearch-feed", daemon=True).start()
+            # The target is a function of the router, pool and options, not a method of this run: the
+            # thread then never holds the last reference to the model.
+            self.feeder = threading.Thread(target=_feed, args=(self.router, self.pool, self.video),
+                                           name="dinosearch-feed", daemon=True)
+            self.feeder.start()
         if self.pool is not None and self.pool.broken:
             # No decoder can start at all: an installation problem, not the files' fault.
             raise DinosearchError(f"the image decoders cannot start: {self.pool.broken}")
-
-    def _feed(self, pool: DecodePool[ToDecode]) -> None:
-        """Move files into the decode pool (blocks while the workers are busy: bounded memory)."""
-        for item in self.router.files_to_decode():
-            if item.file.video:
-                pool.submit(item, VideoRequest(item.file.path, self.video))
-            else:
-                pool.submit(item, item.data if item.data is not None else item.file.path)
 
     def _take(self, item: object) -> None:
         """One routed or decoded record -> a row, a failure, or a place in the next batch."""

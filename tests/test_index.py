@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,9 @@ def test_first_run_then_unchanged(ix: Index, tmp_path: Path) -> None:
     make_tree(tmp_path / "photos")
     r = ix.add(tmp_path / "photos")
     assert (r.added, r.updated, r.removed, r.unchanged, r.failed) == (4, 0, 0, 0, 0)
+    # Every thread a run starts is joined before it returns: one still running when the interpreter
+    # exits is killed inside torch, which aborts the process after the work is done.
+    assert [t.name for t in threading.enumerate() if t.name.startswith("dinosearch-")] == []
     consistent(ix)
     r = ix.add(tmp_path / "photos")
     assert (r.added, r.updated, r.removed, r.unchanged, r.failed, r.embedded) == (0, 0, 0, 4, 0, 0)

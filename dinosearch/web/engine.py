@@ -74,6 +74,7 @@ class QueryEngine:
         self._error: BaseException | None = None
         self._pre: Preprocess | None = None
         self._pool: Any = None  # DecodePool, started once the model says how to preprocess
+        self._deliverer: threading.Thread | None = None  # moves the pool's results to their requests
         self._waiting: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
         self._task_ids = itertools.count(1)
         self._stop = threading.Event()
@@ -88,6 +89,10 @@ class QueryEngine:
         self._stop.set()
         self._jobs.put(None)
         self._thread.join(timeout=10)
+        # Joined too: a daemon thread still running at interpreter exit is killed inside whatever C++
+        # it is in, and torch then aborts the process ("terminate called without an active exception").
+        if self._deliverer is not None:
+            self._deliverer.join(timeout=10)
         if self._pool is not None:
             self._pool.close()
 
@@ -186,7 +191,8 @@ class QueryEngine:
                     embedder.preprocess, workers=self._decode_workers, timeout=self._decode_timeout,
                     max_pixels=self.max_pixels,
                 )
-                threading.Thread(target=self._deliver_decoded, name="dinosearch-decoded", daemon=True).start()
+                self._deliverer = threading.Thread(target=self._deliver_decoded, name="dinosearch-decoded", daemon=True)
+                self._deliverer.start()
         except BaseException as exc:  # noqa: BLE001 - the server keeps serving by-id routes without a model
             log.error("dinosearch: the model could not be loaded, image uploads will answer 503: %s", exc)
             self._error = exc
