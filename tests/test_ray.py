@@ -1,14 +1,19 @@
 """`index --ray`: decode and embed on a real (local, 2-CPU) Ray cluster give the local path's results.
 
 One Ray cluster for the session (`ray.init(num_cpus=2)`, ~2 s); the tests run the product's own code
-against it, in this process (Index.add(ray=...)) and as a `dinosearch index --ray ADDRESS` subprocess.
+against it, in this process (Index.add(ray=...)) and as a `dinosearch index --ray ADDRESS` subprocess,
+one of which is killed (-9) mid-run and run again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import sqlite3
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +26,7 @@ from dinosearch.records import ImageFile
 from . import hostile as H
 from .conftest import run_cli
 from .images import jpeg_bytes, photo, with_exif_orientation
-from .storecheck import rows
+from .storecheck import DB, _assert_faiss_equals_sqlite, rows
 
 FAULTS_ENV = "DINOSEARCH_TEST_DECODE_FAULTS"
 TIMEOUT = 10.0  # seconds a decode may take here: the hanging file's, and a crashed file's retry on a new worker
@@ -146,6 +151,110 @@ def test_cli_ray_address_gives_the_same_json_report(ray_address, tiny_model, tmp
     assert (report["added"], report["failed"]) == (3, 1)
     failures = json.loads(run_cli("failures", "--json", env=env, check=True).stdout)
     assert [(Path(f["path"]).name, f["error"]) for f in failures] == [("bad.jpg", "not-an-image")]
+
+
+RESUME_FILES = 400  # more than one commit chunk (the writer commits every 256 rows or 5 s): the kill lands mid-run
+
+
+def _committed(index_dir: Path) -> int:
+    """Rows committed so far, read-only while a run writes; 0 before the catalogue or its schema exists."""
+    try:
+        con = sqlite3.connect(f"file:{index_dir / DB}?mode=ro", uri=True)
+        try:
+            return con.execute("SELECT count(*) FROM images").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.OperationalError:  # no file yet, no table yet, or a migration holding it
+        return 0
+
+
+def _cluster_processes() -> list[str]:
+    """Titles of this process's descendants: the session's Ray cluster (started here by `ray_address`)."""
+    parent, title = {}, {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    title[int(entry)] = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            except (OSError, IndexError, ValueError):
+                continue
+    me, found = os.getpid(), []
+    for pid, p in parent.items():
+        while p in parent and p not in (me, 0, 1):
+            p = parent[p]
+        if p == me and pid in title:
+            found.append(title[pid])
+    return found
+
+
+def _run_workers() -> list[str]:
+    """The cluster's processes running an index run's remote code (Ray titles them `ray::NAME`)."""
+    from dinosearch.ray_cluster import ModelActor, decode_task, unreadable
+
+    names = tuple(f"ray::{fn.__name__}" for fn in (ModelActor, decode_task, unreadable))
+    return [t for t in _cluster_processes() if t.startswith(names)]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the cluster's worker processes in /proc")
+def test_a_killed_driver_resumes_with_the_committed_work_kept(ray_address, tiny_model, tmp_path):
+    root, index_dir = tmp_path / "photos", tmp_path / "ix"
+    root.mkdir()
+    for i in range(RESUME_FILES):
+        (root / f"p{i:04d}.jpg").write_bytes(jpeg_bytes(photo(64, 48, seed=100 + i)))
+    args = ["index", str(root), "--index", str(index_dir), "--model", tiny_model, "--ray", ray_address, "--json"]
+    assert any("raylet" in t for t in _cluster_processes()), "the session's Ray cluster is not this process's child"
+
+    with open(tmp_path / "killed.err", "w+") as err:
+        driver = subprocess.Popen([sys.executable, "-m", "dinosearch", *args], stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            deadline = time.monotonic() + 300
+            while _committed(index_dir) == 0 and driver.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            at_kill = _run_workers()
+            driver.send_signal(signal.SIGKILL)
+        finally:
+            driver.kill()
+            driver.wait()
+        err.seek(0)
+        assert driver.returncode == -signal.SIGKILL, f"the run ended before it was killed:\n{err.read()}"
+    kept = rows(index_dir)  # what the killed driver had committed
+    assert 0 < len(kept) < RESUME_FILES
+    assert any(t.startswith("ray::ModelActor") for t in at_kill), at_kill  # it was embedding on the cluster
+
+    # The run's actors and tasks were the driver's own (not detached): the cluster ends them with it.
+    # They never wrote to the index (the driver is its only writer), and nothing did since the kill.
+    deadline = time.monotonic() + 60
+    while _run_workers() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _run_workers() == [], "the killed driver's actors or tasks still run on the cluster"
+    assert rows(index_dir) == kept
+
+    again = run_cli(*args, check=True, timeout=600)  # the same command, to the end
+    report = json.loads(again.stdout)
+    # The committed files were planned as unchanged: never read, decoded or embedded again.
+    assert (report["added"], report["updated"], report["removed"], report["unchanged"], report["failed"]) == (
+        RESUME_FILES - len(kept), 0, 0, len(kept), 0)
+
+    final = rows(index_dir)
+    assert set(final) == {str(root / f"p{i:04d}.jpg") for i in range(RESUME_FILES)}
+    con = sqlite3.connect(index_dir / DB)
+    try:  # one row per file: no path or content twice
+        counts = con.execute("SELECT count(*), count(DISTINCT path), count(DISTINCT content_hash) FROM images").fetchone()
+    finally:
+        con.close()
+    assert counts == (RESUME_FILES,) * 3
+    for path, row in kept.items():  # the same row: id, content, vector, and the time it was indexed
+        assert final[path] == row, path
+
+    from dinosearch.store import vectorindex
+
+    with Index(index_dir, create=False) as ix:  # FAISS on disk holds exactly SQLite's rows and vectors
+        loaded = vectorindex.load(ix.catalogue, ix.fingerprint.dim)
+        assert not loaded.rebuilt, "the FAISS file on disk does not match SQLite"
+        _assert_faiss_equals_sqlite(loaded.index, index_dir)
+        assert (ix.stats().images, ix.stats().vectors) == (RESUME_FILES, RESUME_FILES)
 
 
 def test_without_ray_the_flag_says_how_to_install_it(tiny_model, tmp_path):
