@@ -159,6 +159,8 @@ class _RayRun:
                 self.ray.cancel(ref, force=True)
             for actor in self.actors:
                 self.ray.kill(actor)
+            if self.router.is_alive():  # as the local executor does: no thread of the run outlives it
+                self.router.join(timeout=10)
 
     def _take_routed(self) -> None:
         if self.router.error is not None:
