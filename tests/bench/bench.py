@@ -2,7 +2,7 @@
 
     python -m tests.bench.bench                 # CPU, 64 photos, 3 repeats (a few minutes on 2 cores)
     python -m tests.bench.bench --quick         # 16 photos, 2 repeats: a smoke run
-    python -m tests.bench.bench --only raw,e2e  # some sections (raw naive e2e fidelity fast reindex startup memory)
+    python -m tests.bench.bench --only raw,e2e  # some sections (raw naive e2e pipeline fidelity fast reindex startup memory)
     python -m tests.bench.bench --gpu           # CUDA: 512 photos, batch 128, fp16/bf16, GPU utilisation
     python -m tests.bench.bench --json out.json # also write every figure as JSON
 
@@ -11,6 +11,9 @@ Sections (all medians of --repeats runs, printed with their min..max):
   naive     sequential Pillow full decode + transformers AutoImageProcessor + fp32 forward
   e2e       dinosearch.api.Index(fresh dir, model=...).add(photos) in a fresh process: the product path;
             on CPU the raw model is timed again just before each repeat, and e2e / raw is judged pair by pair
+  pipeline  does the pipeline feed the model: with the tiny model, Index.add end to end over dinosearch's
+            decode workers alone on the same files (640x480 and 12 MP JPEGs), and the indexing process's
+            own CPU per image, the model excluded (--gpu: the ViT-S model on CUDA, all cores decoding)
   fidelity  the product's vectors vs AutoImageProcessor + Dinov2Model.pooler_output on the full decode
   fast      the faster CPU path end to end (--backend onnxruntime --precision int8): img/s, its model
             alone timed before each repeat, the stored vectors vs the fp32 reference (CPU only)
@@ -19,7 +22,7 @@ Sections (all medians of --repeats runs, printed with their min..max):
   memory    peak and start/middle/end RSS of indexing (the e2e runs and the first index of the tree)
 
 GPU mode, for a lent CUDA machine (`python3 -m tests.bench.bench --gpu [--json $OUT/bench.json]`): raw, naive,
-e2e, fidelity and memory on device cuda, N=512, batch 128, fp32/fp16/bf16, GPU utilisation sampled with
+e2e, pipeline, fidelity and memory on device cuda, N=512, batch 128, fp32/fp16/bf16, GPU utilisation sampled with
 nvidia-smi every 200 ms; no new section or repeat starts after --deadline (480 s by default in this mode)
 and every child run is cut at it, so one 10-minute command always prints. Generating 512 photos takes
 about a minute on 16 cores the first time. The e2e section needs dinosearch's own dependencies
@@ -37,7 +40,8 @@ import os
 import sys
 import time
 
-from tests.bench import sec_e2e, sec_fast, sec_fidelity, sec_hardware, sec_memory, sec_naive, sec_raw, sec_reindex, sec_startup
+from tests.bench import (sec_e2e, sec_fast, sec_fidelity, sec_hardware, sec_memory, sec_naive, sec_pipeline, sec_raw,
+                         sec_reindex, sec_startup)
 from tests.bench import sysmon
 from tests.bench.core import (FAST_BACKEND, FAST_PRECISION, T_COS_FAST, T_E2E_IMG_S, T_E2E_OVER_NAIVE, T_E2E_OVER_RAW,
                               T_QUERY, T_REINDEX_PER_10K, T_STARTUP, T_TOPK_FAST, Bench, verdict)
@@ -47,6 +51,7 @@ RUNS = {
     "raw": sec_raw.run,
     "naive": sec_naive.run,
     "e2e": sec_e2e.run,
+    "pipeline": sec_pipeline.run,
     "fidelity": sec_fidelity.run,
     "fast": sec_fast.run,
     "reindex": sec_reindex.run,
@@ -54,7 +59,7 @@ RUNS = {
     "memory": sec_memory.run,
 }
 SECTIONS = tuple(RUNS)
-GPU_SECTIONS = ("raw", "naive", "e2e", "fidelity", "memory")
+GPU_SECTIONS = ("raw", "naive", "e2e", "pipeline", "fidelity", "memory")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,6 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--naive-n", type=int, help="photos for the naive pipeline (default min(N, 64))")
     p.add_argument("--naive-batch", type=int, default=8, help="naive pipeline batch (default 8)")
     p.add_argument("--fid-n", type=int, help="photos for the fidelity check (default min(N, 64))")
+    p.add_argument("--pipeline-n", type=int, help="at most this many photos per set in the pipeline section (default 600 / 120)")
     p.add_argument("--tree-n", type=int, default=10_000, help="small files for re-index/start-up (default 10000)")
     p.add_argument("--startup-repeats", type=int, help="runs per start-up command (default 5; --quick 3)")
     p.add_argument("--rebuild-tree-index", action="store_true", help="re-measure the first index of the tree")

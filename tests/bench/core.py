@@ -28,6 +28,9 @@ T_TOPK_FAST = 0.95
 # The faster CPU path the "fast" section runs end to end (opt-in in the product).
 FAST_BACKEND, FAST_PRECISION = "onnxruntime", "int8"
 T_REINDEX_PER_10K = 1.0
+T_PIPELINE_EFFICIENCY = 0.9  # e2e with the tiny model / the decode workers alone, same files and workers
+T_PIPELINE_EFFICIENCY_GPU = 0.8  # on a GPU machine: e2e (ViT-S, CUDA) / the decode capacity of its cores
+T_PIPELINE_OWN_CPU_MS = 1.0  # the indexing process's CPU per image, the model's forward pass excluded
 T_STARTUP = 0.5
 T_QUERY = 1.5
 

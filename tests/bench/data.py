@@ -1,6 +1,7 @@
 """Benchmark inputs, generated deterministically and cached under .bench/ (gitignored).
 
-- 12-megapixel photo-like JPEGs (4032x3024, quality 92, ~3 MB: smooth structure + gradient + grain);
+- 12-megapixel photo-like JPEGs (4032x3024, quality 92, ~3 MB: smooth structure + gradient + grain),
+  and the same kind at other sizes (640x480 for the pipeline section);
 - a tree of small distinct JPEGs for the unchanged re-index and start-up checks;
 - random-weight DINOv2 checkpoints (ViT-S/14 shape for timing, tiny for bulk indexing).
 """
@@ -44,11 +45,11 @@ def photo_pixels(seed: int, width: int = PHOTO_W, height: int = PHOTO_H):
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _write_photo(path: str, seed: int) -> int:
+def _write_photo(path: str, seed: int, width: int = PHOTO_W, height: int = PHOTO_H) -> int:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(photo_pixels(seed), "RGB").save(buf, "JPEG", quality=PHOTO_QUALITY)
+    Image.fromarray(photo_pixels(seed, width, height), "RGB").save(buf, "JPEG", quality=PHOTO_QUALITY)
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         f.write(buf.getvalue())
@@ -56,36 +57,38 @@ def _write_photo(path: str, seed: int) -> int:
     return len(buf.getvalue())
 
 
-def photo_cache() -> Path:
-    return BENCH_DIR / f"photos-{PHOTO_W}x{PHOTO_H}-q{PHOTO_QUALITY}-{PHOTO_VERSION}"
+def photo_cache(width: int = PHOTO_W, height: int = PHOTO_H) -> Path:
+    return BENCH_DIR / f"photos-{width}x{height}-q{PHOTO_QUALITY}-{PHOTO_VERSION}"
 
 
-def ensure_photos(n: int, *, jobs: int | None = None) -> list[Path]:
-    """The first n cached photos (img_00000.jpg ...), generating any that are missing."""
-    cache = photo_cache()
+def ensure_photos(n: int, *, width: int = PHOTO_W, height: int = PHOTO_H, jobs: int | None = None) -> list[Path]:
+    """The first n cached photos of this size (img_00000.jpg ...), generating any that are missing."""
+    cache = photo_cache(width, height)
     cache.mkdir(parents=True, exist_ok=True)
     paths = [cache / f"img_{i:05d}.jpg" for i in range(n)]
     missing = [(str(p), i) for i, p in enumerate(paths) if not p.exists()]
     if missing:
         jobs = max(1, min(jobs or os.cpu_count() or 1, len(missing)))
-        _log(f"generating {len(missing)} {PHOTO_W}x{PHOTO_H} JPEGs in {cache} with {jobs} process(es) (cached) ...")
+        _log(f"generating {len(missing)} {width}x{height} JPEGs in {cache} with {jobs} process(es) (cached) ...")
         t = time.perf_counter()
         if jobs == 1:
             for p, i in missing:
-                _write_photo(p, i)
+                _write_photo(p, i, width, height)
         else:
             import multiprocessing
 
             with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as ex:
-                list(ex.map(_write_photo, [p for p, _ in missing], [i for _, i in missing], chunksize=1))
+                list(ex.map(_write_photo, [p for p, _ in missing], [i for _, i in missing],
+                            [width] * len(missing), [height] * len(missing), chunksize=1))
         _log(f"generated in {time.perf_counter() - t:.1f} s")
     return paths
 
 
-def ensure_photo_set(n: int) -> Path:
-    """A folder holding exactly the first n photos (hard links into the cache, or copies)."""
-    paths = ensure_photos(n)
-    d = BENCH_DIR / "sets" / f"photos-{PHOTO_VERSION}-n{n}"
+def ensure_photo_set(n: int, *, width: int = PHOTO_W, height: int = PHOTO_H) -> Path:
+    """A folder holding exactly the first n photos of this size (hard links into the cache, or copies)."""
+    paths = ensure_photos(n, width=width, height=height)
+    size = "" if (width, height) == (PHOTO_W, PHOTO_H) else f"-{width}x{height}"
+    d = BENCH_DIR / "sets" / f"photos-{PHOTO_VERSION}{size}-n{n}"
     want = {p.name for p in paths}
     if d.is_dir() and {p.name for p in d.iterdir()} == want:
         return d
