@@ -89,6 +89,7 @@ class _Pending:
     file: ImageFile
     content_hash: str
     decoded: Decoded
+    look_up: bool  # the content may be indexed already (a copy under another root): look before embedding
 
 
 def _feed(router: Router, pool: DecodePool[ToDecode], video: VideoOptions) -> None:
@@ -188,20 +189,18 @@ class _LocalRun:
         # Gone: deleted between the walk and the read; the next run sweeps it
 
     def _decoded(self, item: DecodeDone[ToDecode]) -> None:
-        f, h, stored = item.task.file, item.task.content_hash, None
+        f, h = item.task.file, item.task.content_hash
         if item.read is not None:  # the worker read the file: the identity of the bytes it decoded
             f = replace(f, size=item.read.size, mtime_ns=item.read.mtime_ns)
             h = item.read.content_hash
-            stored = self.catalogue.vector_for_hash(h)  # a copy of a file indexed under another root
         assert h is not None
         d = item.decoded
         if isinstance(d, DecodedVideo):
             self._video(f, h, d)
             return
-        if stored is not None:
-            self.writer.add(f, h, stored, width=d.width, height=d.height, format=d.format)
-        else:
-            self.batch.append(_Pending(f, h, d))
+        # Read by the router: it looked the hash up already. Read by the worker: unknown here yet, and
+        # looked up with the rest of its batch (one query per batch, not one per file).
+        self.batch.append(_Pending(f, h, d, look_up=item.read is not None))
 
     def _video(self, f: ImageFile, h: str, d: DecodedVideo) -> None:
         """A decoded video: its frames embedded now, in batches, and written together (one commit
@@ -228,9 +227,15 @@ class _LocalRun:
         if not self.batch:
             return
         assert self.embedder is not None
-        vectors = self.embedder.embed(np.stack([p.decoded.pixels for p in self.batch]))
-        for p, v in zip(self.batch, vectors):
+        batch, self.batch = self.batch, []
+        # A copy of a photo indexed under another root keeps its stored vector; copies within the
+        # batch are embedded once.
+        vectors = self.catalogue.vectors_for_hashes(p.content_hash for p in batch if p.look_up)
+        new = {p.content_hash: p for p in batch if p.content_hash not in vectors}
+        if new:
+            pixels = np.stack([p.decoded.pixels for p in new.values()])
+            vectors.update(zip(new, map(vector_bytes, self.embedder.embed(pixels))))
+        for p in batch:
             d = p.decoded
-            self.writer.add(p.file, p.content_hash, vector_bytes(v), width=d.width, height=d.height,
-                            format=d.format, embedded=True)
-        self.batch = []
+            self.writer.add(p.file, p.content_hash, vectors[p.content_hash], width=d.width, height=d.height,
+                            format=d.format, embedded=new.get(p.content_hash) is p)

@@ -604,13 +604,13 @@ def test_file_rewritten_after_its_bytes_were_read(tmp_path: Path, tiny_model: st
 
         monkeypatch.setattr(router, "read_file", read_then_rewrite)
     else:
-        real_lookup = Catalogue.vector_for_hash
+        real_lookup = Catalogue.vectors_for_hashes
 
-        def rewrite_then_look_up(self, h):
+        def rewrite_then_look_up(self, hashes):
             rewrite()  # the worker has read and decoded it; the row is not written yet
-            return real_lookup(self, h)
+            return real_lookup(self, hashes)
 
-        monkeypatch.setattr(Catalogue, "vector_for_hash", rewrite_then_look_up)
+        monkeypatch.setattr(Catalogue, "vectors_for_hashes", rewrite_then_look_up)
     with Index(tmp_path / "index", model=tiny_model, workers=1) as ix:
         assert ix.add(root).added == 1
         assert rewritten
