@@ -209,8 +209,11 @@ class Dinov2Embedder:
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         else:
             batch = batch.to(self.device)
-        # (n, h, w, 3) uint8 -> (n, 3, h, w) float, rescaled and normalised in one fused step.
-        x = batch.permute(0, 3, 1, 2).float() * self._scale - self._shift
+        # (n, h, w, 3) uint8 -> (n, 3, h, w) float, rescaled and normalised: the transpose on the uint8
+        # bytes (a quarter of the float's), then in place. 4x faster on one CPU thread than the float
+        # ops on the permuted view, which was half the tiny model's time per image.
+        x = batch.permute(0, 3, 1, 2).contiguous().float()
+        x.mul_(self._scale).sub_(self._shift)
         out = self._forward.run(x)
         with torch.inference_mode():
             out = torch.nn.functional.normalize(out.float(), dim=1)
