@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import os
 import queue
+import statistics
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -101,6 +103,55 @@ def _feed(router: Router, pool: DecodePool[ToDecode], video: VideoOptions) -> No
             pool.submit(item, item.data if item.data is not None else item.file.path)
 
 
+class _ModelThreads:
+    """Torch's threads for a model on the CPU, chosen by timing it: all of torch's threads, or only the
+    cores the decode workers leave free, whichever embeds faster per image in this run.
+
+    A thread per core in the model beside a decode process per core is right for a heavy model, which
+    keeps the decoders idle most of the time; but each of a light model's many small parallel regions
+    then waits for a thread the OS has lent to a busy decoder, and the model crawls (the tiny test
+    model ran several times slower per image on 2 threads than on 1 beside 2 decoders; the pipeline
+    section of `make bench`). Waiting times can't tell the two apart, as the slowed model looks like
+    the bottleneck; timing both settings can. So: PROBE batches on each, keep the faster, and probe
+    again every EVERY batches, as the mix of files changes. Other backends and devices keep their own.
+    """
+
+    PROBE = 2  # batches timed on each setting
+    EVERY = 100  # batches between probes: a probe's cost is then ~1 % when the model is the bottleneck
+
+    def __init__(self, embedder: Embedder, workers: int):
+        self.torch: Any = None
+        self.batches = 0
+        self.samples: dict[int, list[float]] = {}  # threads -> seconds per image of the batches probed
+        if getattr(embedder, "device", None) == "cpu" and getattr(embedder, "backend", None) in ("torch", "compile"):
+            import torch
+
+            self.high = torch.get_num_threads()
+            self.low = max(1, min(self.high, (os.cpu_count() or 1) - workers))
+            if self.low < self.high:
+                self.torch = torch
+
+    def batch_done(self, seconds: float, images: int) -> None:
+        """A batch of `images` took the model `seconds`: time it, and pick the threads of the next."""
+        self.batches += 1
+        if self.torch is None or self.batches == 1:  # the first batch warms the model up: not timed
+            return
+        step = (self.batches - 2) % self.EVERY
+        if step >= 2 * self.PROBE:
+            return
+        self.samples.setdefault(self.torch.get_num_threads(), []).append(seconds / images)
+        if step == 2 * self.PROBE - 1:
+            best = min(self.samples, key=lambda n: statistics.median(self.samples[n]))
+            self.torch.set_num_threads(best)
+            self.samples = {}
+        else:
+            self.torch.set_num_threads(self.high if step + 1 < self.PROBE else self.low)
+
+    def restore(self) -> None:
+        if self.torch is not None:
+            self.torch.set_num_threads(self.high)
+
+
 class _LocalRun:
     """Routing in a thread, decoding in a process pool, embedding in this thread, writes via `writer`."""
 
@@ -119,6 +170,7 @@ class _LocalRun:
         self.pool: DecodePool[ToDecode] | None = None
         self.feeder: threading.Thread | None = None
         self.embedder: Embedder | None = None
+        self.threads: _ModelThreads | None = None
         self.batch: list[_Pending] = []
 
     def run(self, progress: Progress | None) -> None:
@@ -148,6 +200,8 @@ class _LocalRun:
             self.router.stop.set()
             if self.pool is not None:
                 self.pool.close()
+            if self.threads is not None:
+                self.threads.restore()
             # Joined, not left to die with the interpreter: a daemon thread still running at exit is
             # killed inside whatever C++ it is in (torch aborts with "terminate called ...").
             for thread in (self.feeder, self.router):
@@ -157,6 +211,7 @@ class _LocalRun:
     def _start_decoding_if_needed(self) -> None:
         if self.pool is None and self.router.need_decoder.is_set():
             self.embedder = self.load_embedder()
+            self.threads = _ModelThreads(self.embedder, self.workers)
             self.pool = DecodePool(
                 self.embedder.preprocess, workers=self.workers, timeout=self.decode_timeout,
                 max_pixels=self.max_pixels, max_ready=2 * self._batch_limit(), results=self.results,
@@ -234,7 +289,10 @@ class _LocalRun:
         new = {p.content_hash: p for p in batch if p.content_hash not in vectors}
         if new:
             pixels = np.stack([p.decoded.pixels for p in new.values()])
+            started = time.monotonic()
             vectors.update(zip(new, map(vector_bytes, self.embedder.embed(pixels))))
+            if self.threads is not None:
+                self.threads.batch_done(time.monotonic() - started, len(new))
         for p in batch:
             d = p.decoded
             self.writer.add(p.file, p.content_hash, vectors[p.content_hash], width=d.width, height=d.height,
