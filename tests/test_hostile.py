@@ -438,7 +438,10 @@ def test_a_fifo_swapped_in_after_the_walk_does_not_hang(tmp_path: Path) -> None:
 
 
 # Decoders that crash, hang or blow their memory --------------------------------------------------------
-def test_crash_hang_and_memory_blowup_cost_one_file_each(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("by", ["bytes", "path"])
+def test_crash_hang_and_memory_blowup_cost_one_file_each(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, by: str) -> None:
+    """By path, a busy worker also holds its next file: that file is decoded by another worker when
+    the one ahead of it crashes or hangs, never failed with it."""
     from dinosearch.workers import DecodeDone, DecodeFailed, DecodePool
 
     monkeypatch.setenv(FAULTS_ENV, "1")  # inherited by the spawned workers
@@ -453,7 +456,9 @@ def test_crash_hang_and_memory_blowup_cost_one_file_each(monkeypatch: pytest.Mon
     }
     with DecodePool(PRE, workers=2, timeout=4, memory_limit=GIB) as pool:
         for name, data in tasks.items():
-            pool.submit(name, data)
+            if by == "path":
+                (tmp_path / name).write_bytes(data)
+            pool.submit(name, str(tmp_path / name) if by == "path" else data)
         results = {}
         for _ in tasks:
             r = pool.results.get(timeout=60)

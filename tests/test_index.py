@@ -327,3 +327,43 @@ def test_model_folder_named_another_way_is_the_same_model(index_dir: Path, tiny_
 
     with Index(index_dir, model=relative, embedder=Boom()) as ix:  # type: ignore[arg-type]
         assert ix.add(tmp_path / "photos").unchanged == 2
+
+
+def test_model_threads_keep_whichever_setting_embeds_faster() -> None:
+    """On the CPU the model is timed on all of torch's threads and on the cores the decoders leave;
+    the faster per image is kept, probed again later, and torch's setting is restored at the end."""
+    import torch
+
+    from dinosearch.index import _ModelThreads
+
+    class CpuModel:
+        device, backend = "cpu", "torch"
+
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        for fast, slow in ((1, 4), (4, 1)):
+            threads = _ModelThreads(CpuModel(), workers=(os.cpu_count() or 1) - 1)  # leaves 1 core
+            assert (threads.high, threads.low) == (4, 1)
+            threads.batch_done(9.0, 16)  # the first batch (warm-up) is not timed
+            for _ in range(2 * threads.PROBE):
+                now = torch.get_num_threads()
+                threads.batch_done(0.01 if now == fast else 0.1, 16)
+            assert torch.get_num_threads() == fast
+            for _ in range(threads.EVERY - 2 * threads.PROBE):  # until the next probe: the choice holds
+                threads.batch_done(0.01, 16)
+                assert torch.get_num_threads() == fast
+            threads.batch_done(0.01, 16)  # the next probe has started on all threads
+            assert torch.get_num_threads() == 4
+            threads.restore()
+            assert torch.get_num_threads() == 4
+
+        class GpuModel:
+            device, backend = "cuda", "torch"
+
+        other = _ModelThreads(GpuModel(), workers=1)
+        other.batch_done(1.0, 16)
+        other.batch_done(1.0, 16)
+        assert torch.get_num_threads() == 4  # not its business
+    finally:
+        torch.set_num_threads(saved)
