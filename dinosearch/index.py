@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import queue
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -104,25 +103,29 @@ def _feed(router: Router, pool: DecodePool[ToDecode], video: VideoOptions) -> No
 
 
 class _ModelThreads:
-    """Torch's threads for a model on the CPU, chosen by timing it: all of torch's threads, or only the
-    cores the decode workers leave free, whichever embeds faster per image in this run.
+    """Torch's threads for a model on the CPU: all of torch's threads, or only the cores the decode
+    workers leave free, whichever embeds faster per image in this run.
 
     A thread per core in the model beside a decode process per core is right for a heavy model, which
-    keeps the decoders idle most of the time; but each of a light model's many small parallel regions
-    then waits for a thread the OS has lent to a busy decoder, and the model crawls (the tiny test
-    model ran several times slower per image on 2 threads than on 1 beside 2 decoders; the pipeline
-    section of `make bench`). Waiting times can't tell the two apart, as the slowed model looks like
-    the bottleneck; timing both settings can. So: PROBE batches on each, keep the faster, and probe
-    again every EVERY batches, as the mix of files changes. Other backends and devices keep their own.
+    keeps the decoders idle most of the time. But each of a light model's many small parallel regions
+    then waits for a thread the OS has lent to a busy decoder: the tiny test model took 7-9 ms of CPU
+    per image on 2 threads beside 2 decoders and ~1.8 ms on 1 (the pipeline section of `make bench`).
+    Queue lengths can't tell the two apart (the slowed model looks like the bottleneck), but how busy
+    the model's threads keep can: process CPU / (wall x threads) over a batch was 0.9-1.0 for the
+    ViT-S/14-shaped model here and ~0.5 for the tiny one. Below BUSY, one batch is timed on the fewer
+    threads and the faster per image is kept; a choice of fewer is checked again every EVERY batches.
+    A heavy model is never slowed by a probe. Other backends and devices keep their own threads.
     """
 
-    PROBE = 2  # batches timed on each setting
-    EVERY = 100  # batches between probes: a probe's cost is then ~1 % when the model is the bottleneck
+    BUSY = 0.6  # CPU / (wall x threads) below which the model's threads are mostly waiting
+    EVERY = 50  # batches between checks of the choice
 
     def __init__(self, embedder: Embedder, workers: int):
         self.torch: Any = None
         self.batches = 0
-        self.samples: dict[int, list[float]] = {}  # threads -> seconds per image of the batches probed
+        self.since = 0  # batches since the last change of threads
+        self.probed = False  # since the model last went back to all threads
+        self.probing: float | None = None  # seconds per image on all threads, while one batch runs on fewer
         if getattr(embedder, "device", None) == "cpu" and getattr(embedder, "backend", None) in ("torch", "compile"):
             import torch
 
@@ -131,21 +134,31 @@ class _ModelThreads:
             if self.low < self.high:
                 self.torch = torch
 
-    def batch_done(self, seconds: float, images: int) -> None:
-        """A batch of `images` took the model `seconds`: time it, and pick the threads of the next."""
+    def batch_done(self, seconds: float, cpu: float, images: int) -> None:
+        """A batch of `images` took the model `seconds` of wall time and this process `cpu` seconds of
+        CPU: pick the threads of the next one."""
         self.batches += 1
-        if self.torch is None or self.batches == 1:  # the first batch warms the model up: not timed
+        if self.torch is None or self.batches == 1:  # the first batch warms the model up: not judged
             return
-        step = (self.batches - 2) % self.EVERY
-        if step >= 2 * self.PROBE:
+        threads, per_image = self.torch.get_num_threads(), seconds / images
+        if self.probing is not None:  # this batch ran on fewer threads: keep the faster
+            self._use(self.low if per_image < self.probing else self.high)
+            self.probing = None
             return
-        self.samples.setdefault(self.torch.get_num_threads(), []).append(seconds / images)
-        if step == 2 * self.PROBE - 1:
-            best = min(self.samples, key=lambda n: statistics.median(self.samples[n]))
-            self.torch.set_num_threads(best)
-            self.samples = {}
-        else:
-            self.torch.set_num_threads(self.high if step + 1 < self.PROBE else self.low)
+        self.since += 1
+        if threads == self.high:
+            # Judged every batch (free while its threads are busy); once a probe has found all threads
+            # faster anyway (a loaded host), not again for EVERY batches.
+            if cpu < self.BUSY * seconds * threads and (not self.probed or self.since >= self.EVERY):
+                self.probing, self.probed = per_image, True
+                self._use(self.low)
+        elif self.since >= self.EVERY:
+            self.probed = False  # all threads again: their busyness says whether fewer are still better
+            self._use(self.high)
+
+    def _use(self, threads: int) -> None:
+        self.torch.set_num_threads(threads)
+        self.since = 0
 
     def restore(self) -> None:
         if self.torch is not None:
@@ -289,10 +302,10 @@ class _LocalRun:
         new = {p.content_hash: p for p in batch if p.content_hash not in vectors}
         if new:
             pixels = np.stack([p.decoded.pixels for p in new.values()])
-            started = time.monotonic()
+            started, cpu = time.perf_counter(), time.process_time()
             vectors.update(zip(new, map(vector_bytes, self.embedder.embed(pixels))))
             if self.threads is not None:
-                self.threads.batch_done(time.monotonic() - started, len(new))
+                self.threads.batch_done(time.perf_counter() - started, time.process_time() - cpu, len(new))
         for p in batch:
             d = p.decoded
             self.writer.add(p.file, p.content_hash, vectors[p.content_hash], width=d.width, height=d.height,

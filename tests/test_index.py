@@ -329,9 +329,10 @@ def test_model_folder_named_another_way_is_the_same_model(index_dir: Path, tiny_
         assert ix.add(tmp_path / "photos").unchanged == 2
 
 
-def test_model_threads_keep_whichever_setting_embeds_faster() -> None:
-    """On the CPU the model is timed on all of torch's threads and on the cores the decoders leave;
-    the faster per image is kept, probed again later, and torch's setting is restored at the end."""
+def test_model_threads_fewer_only_where_they_embed_faster() -> None:
+    """On the CPU, a model whose threads mostly wait (CPU / wall x threads below BUSY) is timed for a
+    batch on the cores the decoders leave, and the faster per image is kept, then checked again
+    later; a model that keeps its threads busy is never slowed by a probe. Restored at the end."""
     import torch
 
     from dinosearch.index import _ModelThreads
@@ -339,31 +340,52 @@ def test_model_threads_keep_whichever_setting_embeds_faster() -> None:
     class CpuModel:
         device, backend = "cpu", "torch"
 
+    def batch(threads: _ModelThreads, per_image: dict[int, float], busy: float) -> None:
+        n = torch.get_num_threads()
+        threads.batch_done(16 * per_image[n], busy * 16 * per_image[n] * n, 16)
+
     saved = torch.get_num_threads()
     try:
         torch.set_num_threads(4)
-        for fast, slow in ((1, 4), (4, 1)):
-            threads = _ModelThreads(CpuModel(), workers=(os.cpu_count() or 1) - 1)  # leaves 1 core
-            assert (threads.high, threads.low) == (4, 1)
-            threads.batch_done(9.0, 16)  # the first batch (warm-up) is not timed
-            for _ in range(2 * threads.PROBE):
-                now = torch.get_num_threads()
-                threads.batch_done(0.01 if now == fast else 0.1, 16)
-            assert torch.get_num_threads() == fast
-            for _ in range(threads.EVERY - 2 * threads.PROBE):  # until the next probe: the choice holds
-                threads.batch_done(0.01, 16)
-                assert torch.get_num_threads() == fast
-            threads.batch_done(0.01, 16)  # the next probe has started on all threads
+        workers = (os.cpu_count() or 1) - 1  # leaves 1 core: 4 or 1 threads
+        light = {4: 0.008, 1: 0.002}  # seconds per image: its threads wait for the decoders
+        threads = _ModelThreads(CpuModel(), workers=workers)
+        assert (threads.high, threads.low) == (4, 1)
+        batch(threads, light, 0.5)  # warm-up: not judged
+        assert torch.get_num_threads() == 4
+        batch(threads, light, 0.5)  # mostly waiting: the next batch is timed on 1 thread
+        assert torch.get_num_threads() == 1
+        batch(threads, light, 0.9)  # faster: kept
+        for _ in range(threads.EVERY - 1):
+            batch(threads, light, 0.9)
+            assert torch.get_num_threads() == 1
+        batch(threads, light, 0.9)  # time to check: all threads again for a batch ...
+        assert torch.get_num_threads() == 4
+        batch(threads, {4: 0.001, 1: 0.002}, 0.5)  # ... mostly waiting, so 1 thread is timed ...
+        assert torch.get_num_threads() == 1
+        batch(threads, {4: 0.001, 1: 0.002}, 0.9)  # ... and is slower now: all threads it is
+        assert torch.get_num_threads() == 4
+        threads.restore()
+
+        heavy = {4: 0.1, 1: 0.35}  # keeps its threads busy: never probed
+        threads = _ModelThreads(CpuModel(), workers=workers)
+        for _ in range(3 * threads.EVERY):
+            batch(threads, heavy, 0.95)
             assert torch.get_num_threads() == 4
-            threads.restore()
+        batch(threads, heavy, 0.5)  # the host got busy: timed on 1 thread ...
+        assert torch.get_num_threads() == 1
+        batch(threads, heavy, 0.9)  # ... which is slower: all threads, and no probe for a while
+        for _ in range(threads.EVERY - 1):
+            batch(threads, heavy, 0.5)
             assert torch.get_num_threads() == 4
+        threads.restore()
 
         class GpuModel:
             device, backend = "cuda", "torch"
 
-        other = _ModelThreads(GpuModel(), workers=1)
-        other.batch_done(1.0, 16)
-        other.batch_done(1.0, 16)
+        other = _ModelThreads(GpuModel(), workers=workers)
+        for _ in range(3):
+            other.batch_done(1.0, 0.1, 16)
         assert torch.get_num_threads() == 4  # not its business
     finally:
         torch.set_num_threads(saved)
