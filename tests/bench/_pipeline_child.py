@@ -54,6 +54,8 @@ def decode_alone(args: dict) -> dict:
             pool.submit(-1 - i, paths[i % len(paths)])
         for _ in range(args["workers"]):
             pool.results.get()
+        pids = [w.proc.pid for w in pool._workers]
+        cpu0 = sum(_process_cpu(pid) for pid in pids)
         t = time.perf_counter()
 
         def feed() -> None:
@@ -63,7 +65,16 @@ def decode_alone(args: dict) -> dict:
         threading.Thread(target=feed, daemon=True).start()
         ok = sum(isinstance(pool.results.get(), DecodeDone) for _ in paths)
         seconds = time.perf_counter() - t
-    return {"img_s": len(paths) / seconds, "seconds": seconds, "n": len(paths), "decoded": ok}
+        cpu = sum(_process_cpu(pid) for pid in pids) - cpu0
+    return {"img_s": len(paths) / seconds, "seconds": seconds, "n": len(paths), "decoded": ok,
+            "decode_cpu_ms_per_image": cpu / len(paths) * 1000}
+
+
+def _process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a live process, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def end_to_end(args: dict) -> dict:
@@ -72,16 +83,25 @@ def end_to_end(args: dict) -> dict:
         embedder = ix.embedder()
         threads: dict[int, int] = {}
         model_cpu = _time_model(embedder, threads)
+        marks: list[tuple[int, float, float]] = []  # (files done, process CPU, model CPU) as the run goes
+
+        def progress(done: int, total: int) -> None:
+            marks.append((done, time.process_time(), model_cpu[0]))
+
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
         t = time.perf_counter()
-        report = ix.add(args["folder"])
+        report = ix.add(args["folder"], progress=progress)
         seconds = time.perf_counter() - t
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
+    # Steady state: from the first file done to the last, without the run's fixed costs (the walk,
+    # spawning the decoders, importing FAISS and writing the vector index at the end).
+    (d0, c0, m0), (d1, c1, m1) = marks[0], marks[-1]
     return {
         "img_s": n / seconds, "seconds": seconds, "n": n, "added": report.added, "failed": report.failed,
         "cpu_ms_per_image": cpu / n * 1000, "model_cpu_ms_per_image": model_cpu[0] / n * 1000,
         "own_cpu_ms_per_image": (cpu - model_cpu[0]) / n * 1000,
+        "own_cpu_ms_per_image_steady": ((c1 - c0) - (m1 - m0)) / max(1, d1 - d0) * 1000,
         "batches_by_torch_threads": threads,
     }
 
