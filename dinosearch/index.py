@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import os
 import queue
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 
@@ -93,13 +93,11 @@ class _Pending:
     look_up: bool  # the content may be indexed already (a copy under another root): look before embedding
 
 
-def _feed(router: Router, pool: DecodePool[ToDecode], video: VideoOptions) -> None:
-    """Move files into the decode pool (blocks while the workers are busy: bounded memory)."""
-    for item in router.files_to_decode():
-        if item.file.video:
-            pool.submit(item, VideoRequest(item.file.path, video))
-        else:
-            pool.submit(item, item.data if item.data is not None else item.file.path)
+def _source(item: ToDecode, *, video: VideoOptions) -> bytes | str | VideoRequest:
+    """What a decode worker gets for a routed file: a video to sample, the bytes read here, or its path."""
+    if item.file.video:
+        return VideoRequest(item.file.path, video)
+    return item.data if item.data is not None else item.file.path
 
 
 class _ModelThreads:
@@ -181,7 +179,6 @@ class _LocalRun:
         self.router = Router(catalogue, p.todo, self.results, indexed_sizes={k.size for k in p.known.values()},
                              threads=min(8, cpus))
         self.pool: DecodePool[ToDecode] | None = None
-        self.feeder: threading.Thread | None = None
         self.embedder: Embedder | None = None
         self.threads: _ModelThreads | None = None
         self.batch: list[_Pending] = []
@@ -217,9 +214,8 @@ class _LocalRun:
                 self.threads.restore()
             # Joined, not left to die with the interpreter: a daemon thread still running at exit is
             # killed inside whatever C++ it is in (torch aborts with "terminate called ...").
-            for thread in (self.feeder, self.router):
-                if thread is not None and thread.is_alive():
-                    thread.join(timeout=10)
+            if self.router.is_alive():
+                self.router.join(timeout=10)
 
     def _start_decoding_if_needed(self) -> None:
         if self.pool is None and self.router.need_decoder.is_set():
@@ -228,12 +224,8 @@ class _LocalRun:
             self.pool = DecodePool(
                 self.embedder.preprocess, workers=self.workers, timeout=self.decode_timeout,
                 max_pixels=self.max_pixels, max_ready=2 * self._batch_limit(), results=self.results,
+                inbox=self.router.to_decode, source=partial(_source, video=self.video),
             )
-            # The target is a function of the router, pool and options, not a method of this run: the
-            # thread then never holds the last reference to the model.
-            self.feeder = threading.Thread(target=_feed, args=(self.router, self.pool, self.video),
-                                           name="dinosearch-feed", daemon=True)
-            self.feeder.start()
         if self.pool is not None and self.pool.broken:
             # No decoder can start at all: an installation problem, not the files' fault.
             raise DinosearchError(f"the image decoders cannot start: {self.pool.broken}")

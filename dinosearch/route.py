@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 
@@ -131,15 +130,6 @@ class Router(threading.Thread):
                     self._route(fut.result())
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which re-raises
             self.error = exc
-
-    def files_to_decode(self) -> Iterator[ToDecode]:
-        """What the decoders get, until routing is over (or stopped)."""
-        while not self.stop.is_set():
-            try:
-                yield self.to_decode.get(timeout=0.2)
-            except queue.Empty:
-                if not self.is_alive() and self.to_decode.empty():
-                    return
 
     def _route(self, r: ReadFile | HashedVideo | Failed | Gone) -> None:
         if isinstance(r, HashedVideo):

@@ -23,6 +23,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import wait
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from ._decode_worker import READY, FileIdentity, VideoDuration, VideoRequest, WorkerDecoded, WorkerFailed, worker_main
@@ -120,7 +121,11 @@ class _Worker:
 
 
 class DecodePool(Generic[T]):
-    """Submit (task, bytes or path); read DecodeDone / DecodeFailed records from `results`, one per task."""
+    """Submit (task, bytes or path); read DecodeDone / DecodeFailed records from `results`, one per task.
+
+    Or give it a queue of tasks (`inbox`) and how to get each one's bytes, path or VideoRequest
+    (`source`): it then takes them from that queue itself, with no thread between the producer and
+    the workers, and `submit` is not used."""
 
     def __init__(
         self,
@@ -132,12 +137,17 @@ class DecodePool(Generic[T]):
         max_pixels: int = MAX_PIXELS,
         max_ready: int = 64,
         results: queue.Queue | None = None,
+        inbox: queue.Queue | None = None,
+        source: Callable[[T], bytes | str | VideoRequest] | None = None,
     ):
+        if (inbox is None) != (source is None):
+            raise ValueError("inbox and source go together")
         self._ctx = multiprocessing.get_context("spawn")
         self._args = (pre, max_pixels, memory_limit)
         self._timeout = timeout
         self._max_ready = max_ready  # backpressure: results waiting for the model, at most
-        self._inbox: queue.Queue = queue.Queue(maxsize=max(2, workers))
+        self._inbox: queue.Queue = inbox if inbox is not None else queue.Queue(maxsize=max(2, workers))
+        self._source = source
         self.results: queue.Queue = results if results is not None else queue.Queue()
         self._workers = [_Worker(self._ctx, self._args) for _ in range(max(1, workers))]
         self._retry: list[tuple[T, bytes | str]] = []  # tasks whose worker died before taking them
@@ -192,10 +202,11 @@ class DecodePool(Generic[T]):
     def _dispatch(self) -> None:
         while not self._stop.is_set():
             if self._broken is not None:  # no worker can start: every file fails, quickly, with why
-                try:
-                    task, _ = self._take() or self._inbox.get(timeout=0.05)
-                except queue.Empty:
+                nxt = self._take()
+                if nxt is None:
+                    time.sleep(0.05)
                     continue
+                task, _ = nxt
                 self._next = None
                 self.results.put(DecodeFailed(task, FailureKind.CRASHED, self._broken))
                 continue
@@ -213,9 +224,10 @@ class DecodePool(Generic[T]):
                 self._next = self._retry.pop()
             else:
                 try:
-                    self._next = self._inbox.get_nowait()
+                    item = self._inbox.get_nowait()
                 except queue.Empty:
                     return None
+                self._next = item if self._source is None else (item, self._source(item))
         return self._next
 
     def _hand_out(self) -> None:
