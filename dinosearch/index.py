@@ -11,13 +11,15 @@ executor, which drives routing, the decode pool and the model in this process.
 
 from __future__ import annotations
 
+import collections
 import os
 import queue
+import statistics
 import time
 from collections.abc import Callable
-from typing import Any
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -111,12 +113,15 @@ class _ModelThreads:
     Queue lengths can't tell the two apart (the slowed model looks like the bottleneck), but how busy
     the model's threads keep can: process CPU / (wall x threads) over a batch was 0.9-1.0 for the
     ViT-S/14-shaped model here and ~0.5 for the tiny one. Below BUSY, one batch is timed on the fewer
-    threads and the faster per image is kept; a choice of fewer is checked again every EVERY batches.
+    threads and compared with the median of the last few on all threads; the faster is kept. A choice
+    of fewer is checked again every EVERY batches; after a probe that found all threads faster, the
+    next may come RETRY batches later (one batch is noisy on a busy host).
     A heavy model is never slowed by a probe. Other backends and devices keep their own threads.
     """
 
     BUSY = 0.6  # CPU / (wall x threads) below which the model's threads are mostly waiting
-    EVERY = 50  # batches between checks of the choice
+    EVERY = 50  # batches between checks of a choice of fewer threads
+    RETRY = 8  # batches on all threads, still waiting, before probing again
 
     def __init__(self, embedder: Embedder, workers: int):
         self.torch: Any = None
@@ -124,6 +129,7 @@ class _ModelThreads:
         self.since = 0  # batches since the last change of threads
         self.probed = False  # since the model last went back to all threads
         self.probing: float | None = None  # seconds per image on all threads, while one batch runs on fewer
+        self.recent: collections.deque[float] = collections.deque(maxlen=3)  # seconds per image, all threads
         if getattr(embedder, "device", None) == "cpu" and getattr(embedder, "backend", None) in ("torch", "compile"):
             import torch
 
@@ -145,16 +151,19 @@ class _ModelThreads:
             return
         self.since += 1
         if threads == self.high:
+            self.recent.append(per_image)
             # Judged every batch (free while its threads are busy); once a probe has found all threads
-            # faster anyway (a loaded host), not again for EVERY batches.
-            if cpu < self.BUSY * seconds * threads and (not self.probed or self.since >= self.EVERY):
-                self.probing, self.probed = per_image, True
+            # faster anyway (a loaded host), not again for RETRY batches.
+            if cpu < self.BUSY * seconds * threads and (not self.probed or self.since >= self.RETRY):
+                self.probing, self.probed = statistics.median(self.recent), True
                 self._use(self.low)
         elif self.since >= self.EVERY:
             self.probed = False  # all threads again: their busyness says whether fewer are still better
             self._use(self.high)
 
     def _use(self, threads: int) -> None:
+        if threads != self.torch.get_num_threads():
+            self.recent.clear()  # times from before the change no longer say how all threads do
         self.torch.set_num_threads(threads)
         self.since = 0
 

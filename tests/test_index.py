@@ -375,9 +375,11 @@ def test_model_threads_fewer_only_where_they_embed_faster() -> None:
         batch(threads, heavy, 0.5)  # the host got busy: timed on 1 thread ...
         assert torch.get_num_threads() == 1
         batch(threads, heavy, 0.9)  # ... which is slower: all threads, and no probe for a while
-        for _ in range(threads.EVERY - 1):
+        for _ in range(threads.RETRY - 1):
             batch(threads, heavy, 0.5)
             assert torch.get_num_threads() == 4
+        batch(threads, heavy, 0.5)
+        assert torch.get_num_threads() == 1  # probed again
         threads.restore()
 
         class GpuModel:
