@@ -1,5 +1,7 @@
 """Scale benchmark (`make bench-scale`): N synthetic clustered unit vectors inserted as real catalogue rows,
-then the vector index built, searched, updated in place and filtered, against exact search in the same run.
+then the vector index built, searched, updated in place and filtered, against exact search in the same run;
+then the product's own processes on that index: `dinosearch query --id` in a fresh process (cold), and
+`dinosearch serve` (its RSS, and `/api/images/{id}/similar` under an open-loop load on loopback).
 
     python -m tests.bench.scale_bench --n 1000000 [--dim 384] [--dir /tmp/scale-index] [--keep]
 
@@ -10,11 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
+import threading
 import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +31,9 @@ from sqlalchemy import insert
 
 from dinosearch.search import search
 from dinosearch.store import vectorindex as vectors
+from dinosearch.records import ModelFingerprint
 from dinosearch.store.catalogue import Catalogue, _bump
+from dinosearch.store.layout import MODEL_KEY
 from dinosearch.store.recall import exact_search, recall_at
 from dinosearch.store.schema import images
 
@@ -67,12 +78,91 @@ def p50_ms(fn, queries: np.ndarray) -> float:
     return statistics.median(times)
 
 
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def cold_query_s(index_dir: Path, image_id: int, repeat: int = 3) -> float:
+    """Median wall seconds of `dinosearch query --id` in a fresh process (the files in the page cache)."""
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "dinosearch", "query", "--id", str(image_id), "--index", str(index_dir),
+                        "--json", "-k", "10"], check=True, capture_output=True, env=ENV)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set of a process and its children (server workers), MiB, from /proc."""
+    total = 0
+    pids = [pid] + [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for p in pids:
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total / 1024
+
+
+def serve_load(index_dir: Path, ids: list[int], rate: float, seconds: float, workers: int) -> dict[str, float]:
+    """`dinosearch serve` on loopback; `rate` similar-image requests per second for `seconds`, sent on
+    schedule whatever the answers (open loop); latency counts from each request's scheduled time."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "dinosearch", "serve", "--index", str(index_dir), "--port", str(port),
+                               "--workers", str(workers)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        t = time.perf_counter()
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/api/images/{ids[0]}/similar?k=10", timeout=30).read()
+                break
+            except OSError:
+                if server.poll() is not None or time.perf_counter() - t > 120:
+                    raise RuntimeError("the server did not start") from None
+                time.sleep(0.2)
+        ready_s = time.perf_counter() - t
+        latencies: list[float] = []
+        errors = [0]
+        lock = threading.Lock()
+
+        def one(image_id: int, due: float) -> None:
+            try:
+                urllib.request.urlopen(f"{base}/api/images/{image_id}/similar?k=10", timeout=30).read()
+                with lock:
+                    latencies.append(time.perf_counter() - due)
+            except OSError:
+                with lock:
+                    errors[0] += 1
+
+        n = int(rate * seconds)
+        start = time.perf_counter() + 0.1
+        with ThreadPoolExecutor(64) as pool:
+            for i in range(n):
+                due = start + i / rate
+                time.sleep(max(0.0, due - time.perf_counter()))
+                pool.submit(one, ids[i % len(ids)], due)
+        took = time.perf_counter() - start
+        lat = sorted(latencies)
+        return {"serve_ready_s": ready_s, "serve_rss_mb": rss_mb(server.pid), "similar_rate_asked": rate,
+                "similar_answered_per_s": len(lat) / took, "similar_errors": errors[0],
+                "similar_p50_ms": lat[len(lat) // 2] * 1000 if lat else None,
+                "similar_p99_ms": lat[int(len(lat) * 0.99) - 1] * 1000 if lat else None}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--dir", type=Path, default=None)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--rate", type=float, default=100.0, help="similar-image requests per second on serve (default 100)")
+    ap.add_argument("--seconds", type=float, default=20.0, help="seconds of that load (default 20)")
+    ap.add_argument("--serve-workers", type=int, default=1, help="dinosearch serve --workers (default 1)")
     args = ap.parse_args()
     n, dim = args.n, args.dim
     base = args.dir or Path(tempfile.mkdtemp(prefix="dinosearch-scale-"))
@@ -82,6 +172,8 @@ def main() -> None:
     cat = Catalogue(base / "index")
     try:
         out["insert_rows_s"], _ = timed(lambda: insert_rows(cat, n, dim, 0, rng, centres))
+        # A fingerprint, as a model would record, so that the CLI and the server open the index.
+        cat.set_settings({MODEL_KEY: ModelFingerprint("synthetic", "synthetic", dim, "synthetic").to_dict()})
         vi = vectors.VectorIndex(cat)
         out["build_from_sqlite_s"], _ = timed(lambda: vi.sync(dim, force=True, requested="auto"))
         state = cat.get_setting(vectors.GENERATION_KEY)
@@ -110,6 +202,11 @@ def main() -> None:
             lambda: vi.sync(dim, force=True, changes=vectors.Changes(base_version, (), tuple(gone.tolist()))))
         out["in_place_warnings"] = notes
         out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+        del loaded
+        some = [int(i) for i in rng.choice(cat.all_ids(), 500, replace=False)]
+        cat.close()
+        out["cold_cli_query_s"] = cold_query_s(base / "index", some[0])
+        out.update(serve_load(base / "index", some, args.rate, args.seconds, args.serve_workers))
     finally:
         cat.close()
         if not args.keep:
