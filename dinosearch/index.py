@@ -97,9 +97,7 @@ class _Pending:
 
 def _source(item: ToDecode, *, video: VideoOptions) -> bytes | str | VideoRequest:
     """What a decode worker gets for a routed file: a video to sample, the bytes read here, or its path."""
-    if item.file.video:
-        return VideoRequest(item.file.path, video)
-    return item.data if item.data is not None else item.file.path
+    return VideoRequest(item.file.path, video) if item.file.video else item.source
 
 
 class _ModelThreads:

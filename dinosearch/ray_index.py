@@ -110,6 +110,7 @@ class _Pending:
     content_hash: str
     meta: DecodedMeta
     pixels: Any  # ObjectRef
+    look_up: bool  # the content may be indexed already (a copy under another root): look before embedding
 
 
 class _RayRun:
@@ -201,8 +202,7 @@ class _RayRun:
                 item: ToDecode = self.router.to_decode.get_nowait()
             except queue.Empty:
                 return
-            source = item.data if item.data is not None else item.file.path
-            self.decoding[self.decode.remote(source, self.pre, self.max_pixels)] = _Task(item.file, item.content_hash)
+            self.decoding[self.decode.remote(item.source, self.pre, self.max_pixels)] = _Task(item.file, item.content_hash)
 
     def _wait(self) -> None:
         refs = [*self.decoding, *self.embedding]
@@ -239,13 +239,10 @@ class _RayRun:
         if meta.read is not None:  # the task read the file: the identity of the bytes it decoded
             f, h = replace(f, size=meta.read.size, mtime_ns=meta.read.mtime_ns), meta.read.content_hash
         assert h is not None
-        stored = self.catalogue.vector_for_hash(h)  # a copy of a file indexed under another root
-        if stored is not None:
-            self.writer.add(f, h, stored, width=meta.width, height=meta.height, format=meta.format)
-            self.done += 1
-        else:
-            self.ready.append(_Pending(f, h, meta, next(gen)))  # the pixels' ref: yielded right after
-            self.last_ready = time.monotonic()
+        # The pixels' ref is yielded right after. Read by the task: its hash is looked up with the rest
+        # of its batch (one query per batch, not one per file).
+        self.ready.append(_Pending(f, h, meta, next(gen), look_up=meta.read is not None))
+        self.last_ready = time.monotonic()
 
     def _expire(self) -> None:
         """A file whose task is past its deadline: cancelled (its worker killed), a `timeout` failure."""
@@ -272,7 +269,17 @@ class _RayRun:
             if load[actor] >= EMBED_CALLS_PER_ACTOR:
                 return
             batch, self.ready = self.ready[: self.batch_limit], self.ready[self.batch_limit :]
-            self.embedding[self.actors[actor].embed.remote(*[p.pixels for p in batch])] = (actor, batch)
+            # A copy of a photo indexed under another root keeps its stored vector.
+            stored = self.catalogue.vectors_for_hashes(p.content_hash for p in batch if p.look_up)
+            for p in batch:
+                if p.content_hash in stored:
+                    m = p.meta
+                    self.writer.add(p.file, p.content_hash, stored[p.content_hash], width=m.width, height=m.height,
+                                    format=m.format)
+                    self.done += 1
+            batch = [p for p in batch if p.content_hash not in stored]
+            if batch:
+                self.embedding[self.actors[actor].embed.remote(*[p.pixels for p in batch])] = (actor, batch)
 
     def _embedded(self, ref: Any, actor: int, batch: list[_Pending]) -> None:
         try:

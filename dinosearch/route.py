@@ -37,6 +37,11 @@ class ToDecode:
     content_hash: str | None = None
     data: bytes | None = None
 
+    @property
+    def source(self) -> bytes | str:
+        """What a decoder gets for a photo: the bytes read here, else the path (read by the decoder)."""
+        return self.data if self.data is not None else self.file.path
+
 
 @dataclass(frozen=True)
 class Reuse:

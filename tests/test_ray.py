@@ -125,7 +125,15 @@ def test_incremental_rules_through_ray(ray_address, tiny_model, tmp_path):
         assert (unchanged.added, unchanged.updated, unchanged.removed, unchanged.unchanged) == (0, 0, 0, 4)
         with pytest.raises(PathNotFoundError):
             ix.add(tmp_path / "not-there", ray="auto")
-    assert rows(tmp_path / "ix") == after  # the missing root changed nothing
+        assert rows(tmp_path / "ix") == after  # the missing root changed nothing
+
+        other = tmp_path / "other"  # another root: a copy of an indexed photo is read by its task
+        other.mkdir()
+        (other / "same.jpg").write_bytes((root / "p3.jpg").read_bytes())
+        (other / "fresh.jpg").write_bytes(jpeg_bytes(photo(320, 240, seed=30)))
+        copied = ix.add(other, ray="auto")
+        assert (copied.added, copied.embedded, copied.failed) == (2, 1, 0)  # the copy took the stored vector
+        assert rows(tmp_path / "ix")[str(other / "same.jpg")].vector == after[str(root / "p3.jpg")].vector
 
 
 def test_a_node_that_cannot_read_a_root_stops_the_run_early(ray_address):
