@@ -21,9 +21,9 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import wait
-from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from ._decode_worker import READY, FileIdentity, VideoDuration, VideoRequest, WorkerDecoded, WorkerFailed, worker_main

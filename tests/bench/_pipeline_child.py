@@ -72,7 +72,12 @@ def decode_alone(args: dict) -> dict:
 
 def _process_cpu(pid: int) -> float:
     """CPU seconds (user + system) of a live process, from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
+    return _stat_cpu(f"/proc/{pid}/stat")
+
+
+def _stat_cpu(stat_path: str) -> float:
+    """CPU seconds (utime + stime, fields 14 and 15) of a /proc stat file."""
+    with open(stat_path) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -130,18 +135,15 @@ def _time_model(embedder, threads: dict[int, int]) -> list[float]:
 def _native_threads_cpu() -> float:
     """CPU seconds of this process's threads that Python did not start (torch's intra-op pool)."""
     mine = {t.native_id for t in threading.enumerate()}
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    total = 0.0
     for tid in os.listdir("/proc/self/task"):
         if int(tid) in mine:
             continue
         try:
-            with open(f"/proc/self/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
+            total += _stat_cpu(f"/proc/self/task/{tid}/stat")
+        except OSError:  # the thread ended meanwhile
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total / tick
+    return total
 
 
 if __name__ == "__main__":

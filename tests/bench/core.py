@@ -184,8 +184,9 @@ class Bench:
         return self._model
 
     # helpers
-    def child(self, name: str, **kw: Any) -> dict[str, Any]:
-        """One `tests.bench._child` indexing run; returns its JSON (or {"ok": False, "error": ...})."""
+    def child(self, name: str, *, module: str = "tests.bench._child", **kw: Any) -> dict[str, Any]:
+        """One run of `module` (by default `tests.bench._child`, an indexing run) in a fresh process with
+        `kw` as its JSON arguments; returns its JSON (or {"ok": False, "error": ...})."""
         out = self.tmp / f"{name}.json"
         out.unlink(missing_ok=True)
         args = {"out": str(out), **kw}
@@ -193,7 +194,7 @@ class Bench:
         timeout = max(10.0, min(self.a.timeout, self.time_left()))
         try:
             p = subprocess.run(
-                [sys.executable, "-m", "tests.bench._child", json.dumps(args)],
+                [sys.executable, "-m", module, json.dumps(args)],
                 cwd=D.REPO, env=env, capture_output=True, text=True, timeout=timeout,
             )
         except subprocess.TimeoutExpired:

@@ -13,12 +13,8 @@ ratio is then end to end over the decode capacity of the machine's cores.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
-import subprocess
-import sys
-from typing import Any
 
 from tests.bench import data as D
 from tests.bench.core import T_PIPELINE_EFFICIENCY, T_PIPELINE_EFFICIENCY_GPU, T_PIPELINE_OWN_CPU_MS, Bench, Table, log, spread, summary, verdict
@@ -45,7 +41,8 @@ def run(bench: Bench, t: Table) -> None:
             if bench.time_left() <= 0:
                 break
             log(f"pipeline {label} repeat {r + 1}")
-            pairs.append((_child(bench, "decode", args), _child(bench, "e2e", args)))
+            pairs.append(tuple(bench.child(f"pipeline-{mode}", module="tests.bench._pipeline_child", mode=mode, **args)
+                               for mode in ("decode", "e2e")))
         good = [(d, e) for d, e in pairs if d.get("ok") and e.get("ok")]
         for d, e in pairs:
             for res in (d, e):
@@ -85,19 +82,3 @@ def run(bench: Bench, t: Table) -> None:
             t.note(f"WARNING: a run indexed {bad[0]['added']} of {n} photos ({bad[0]['failed']} failed)")
         bench.put("pipeline", label, {"decode_cpu_ms": decode_ms, "decode_img_s": dec, "e2e_img_s": e2e, "efficiency": eff,
                                       "own_cpu_ms": own, "own_cpu_ms_steady": steady, "model_cpu_ms": model_ms, "runs": pairs})
-
-
-def _child(bench: Bench, mode: str, args: dict[str, Any]) -> dict[str, Any]:
-    out = bench.tmp / f"pipeline-{mode}.json"
-    out.unlink(missing_ok=True)
-    timeout = max(10.0, min(bench.a.timeout, bench.time_left()))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    try:
-        p = subprocess.run([sys.executable, "-m", "tests.bench._pipeline_child", json.dumps({**args, "mode": mode, "out": str(out)})],
-                           cwd=D.REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"ok": False, "error": f"timed out after {timeout:.0f} s"}
-    try:
-        return json.loads(out.read_text())
-    except (OSError, ValueError):
-        return {"ok": False, "error": f"exit {p.returncode}, no result; stderr: {p.stderr.strip()[-1500:]}"}
