@@ -329,7 +329,7 @@ class Index:
         from .errors import NoLabelsError
         from .label import nearest_labelled, predict
 
-        ids, _ = self.catalogue.labelled(by)
+        ids = self.catalogue.labelled_ids(by)
         loaded = self.refresh()
         if loaded is None or len(ids) == 0:
             raise NoLabelsError(

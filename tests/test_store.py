@@ -102,3 +102,33 @@ def test_header_peek_agrees_with_faiss(tmp_path: Path) -> None:
     assert vector_store.count_if_current(cat, 8) == 7
     cat.remove(["/p/1.jpg"])
     assert vector_store.count_if_current(cat, 8) is None  # stale: stats loads (and rebuilds) instead
+
+
+def test_cached_reads_see_every_commit_of_another_connection(tmp_path: Path) -> None:
+    """Settings and labelled ids are cached until something commits; a commit by another process (here
+    another Catalogue, i.e. other connections) or by this one's own writes is seen at once."""
+    reader, writer = Catalogue(tmp_path / "ix"), Catalogue(tmp_path / "ix")
+    _fill(writer, 3)
+    writer.set_settings({"probe": {"n": 1}})
+    assert reader.get_setting("probe") == {"n": 1}
+    assert len(reader.labelled_ids("label")) == 0
+    first = reader.get_setting("probe")
+    first["n"] = 99  # a caller's copy: mutating it changes no cached value
+    assert reader.get_setting("probe") == {"n": 1}
+    writer.set_settings({"probe": {"n": 2}})
+    assert reader.get_setting("probe") == {"n": 2}
+    writer.set_metadata({"/p/0.jpg": {"label": "cat"}, "/p/2.jpg": {"label": "dog"}})
+    ids = reader.labelled_ids("label")
+    assert ids.tolist() == reader.labelled("label")[0].tolist() and len(ids) == 2
+    assert reader.labelled_ids("label") is ids  # nothing committed since: the same array (and FAISS selector)
+    writer.remove(["/p/0.jpg"])
+    assert len(reader.labelled_ids("label")) == 1
+    reader.set_settings({"probe": {"n": 3}})  # its own write
+    assert reader.get_setting("probe") == {"n": 3}
+    raw = sqlite3.connect(tmp_path / "ix" / "catalogue.sqlite3")  # another process's plain connection
+    raw.execute("UPDATE settings SET value = '{\"n\": 4}' WHERE key = 'probe'")
+    raw.commit()
+    raw.close()
+    assert reader.get_setting("probe") == {"n": 4}
+    reader.close()
+    writer.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -27,14 +28,33 @@ class Catalogue:
         if create:
             self.dir.mkdir(parents=True, exist_ok=True)
         self.engine: Engine = open_engine(self.db_path, self.dir)
+        self._watch = _Watch(self.engine)
+        # Small reads a server repeats on every request, kept until anything commits: a key -> the
+        # setting's JSON text (parsed per call, so callers get their own copy); ("labelled", key) -> ids.
+        self._cache: dict[Any, Any] = {}
+        self._cached_at: int | None = None
 
     def close(self) -> None:
+        self._watch.close()
         self.engine.dispose()
+
+    def _cached(self) -> dict[Any, Any]:
+        """The read cache, emptied when any connection (any process) has committed since it was filled."""
+        token = self._watch.data_version()
+        if token != self._cached_at:
+            self._cache = {}
+            self._cached_at = token
+        return self._cache
 
     # settings -----------------------------------------------------------------------------------
     def get_setting(self, key: str) -> Any:
-        with self.engine.connect() as conn:
-            value = conn.execute(select(settings.c.value).where(settings.c.key == key)).scalar()
+        cache = self._cached()
+        if key in cache:
+            value = cache[key]
+        else:
+            with self.engine.connect() as conn:
+                value = conn.execute(select(settings.c.value).where(settings.c.key == key)).scalar()
+            cache[key] = value
         return None if value is None else json.loads(value)
 
     def set_settings(self, values: dict[str, Any], conn: Any = None) -> None:
@@ -365,6 +385,21 @@ class Catalogue:
                 ).rowcount
         return n
 
+    def labelled_ids(self, key: str) -> np.ndarray:
+        """`labelled(key)`'s ids alone, (n,) int64, cached until the next commit: a server's label vote
+        asks on every request, and at 1M labelled images the read takes seconds."""
+        cache = self._cached()
+        if ("labelled", key) not in cache:
+            value = image_meta.c.value
+            q = select(image_meta.c.image_id).where(
+                (image_meta.c.key == bindparam("k", key)) & value.is_not(None) & (value != "")
+            )  # the covering index answers it; sorted here, which is faster than ORDER BY (0.6 s vs 0.9 s at 1M)
+            with self.engine.connect() as conn:
+                # Integers straight from the DBAPI cursor: SQLAlchemy's row objects cost 3x the query here.
+                ids = np.fromiter((r[0] for r in conn.execute(q).cursor), dtype=np.int64)
+            cache["labelled", key] = np.sort(ids)
+        return cache["labelled", key]
+
     def labelled(self, key: str) -> tuple[np.ndarray, list[str]]:
         """Ids (n,) int64 in id order whose metadata has a non-empty `key`, and each one's value as text."""
         value = image_meta.c.value
@@ -419,6 +454,30 @@ class Catalogue:
         """The distinct roots (indexed PATHs) of the images in the catalogue."""
         with self.engine.connect() as conn:
             return [path_of(r[0]) for r in conn.execute(select(images.c.root).distinct())]
+
+
+class _Watch:
+    """Whether anything was committed to the database since the last look, for a few microseconds:
+    SQLite's `PRAGMA data_version` on a connection of its own, which never writes, changes whenever
+    another connection (in this process or any other) commits. https://sqlite.org/pragma.html#pragma_data_version
+    """
+
+    def __init__(self, engine: Engine):
+        self._engine = engine
+        self._conn: Any = None  # a pooled DBAPI connection kept out of the pool, opened on first use
+        self._lock = threading.Lock()
+
+    def data_version(self) -> int:
+        with self._lock:
+            if self._conn is None:
+                self._conn = self._engine.raw_connection()
+            return int(self._conn.driver_connection.execute("PRAGMA data_version").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
 
 def _bump(conn: Any) -> None:

@@ -20,7 +20,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from ..api import Term
 from ..query import combine
 from ..decode import DecodeError, sniff
-from ..errors import NoLabelsError
+from ..label import Prediction as LabelPrediction
 from ..filters import FilterError, parse_where
 from ..records import FailureKind, Hit, display_path
 from . import auth
@@ -183,9 +183,10 @@ async def search(request: Request) -> Any:
                 message = message.split("; ")[0] + "; downscale it (the server's limit is set by --max-megapixels)"
             raise HTTPException(_decode_status(exc.kind), f"{name}: {message}") from None
     terms = [Term(vector=v) for v in vectors] + [Term(id=i) for i in refine.like]
-    hits = await run_query(engine, terms, refine, k=k, where=where)
-    prediction = await _prediction(engine, combine(vectors)) if vectors else None
-    return _results(request, hits, prediction, collapsed=refine.collapse is not None)
+    answer = await run_query(engine, terms, refine, k=k, where=where, vote=combine(vectors) if vectors else None)
+    assert answer is not None  # None only for a vote by id
+    hits, vote = answer
+    return _results(request, hits, _prediction(vote), collapsed=refine.collapse is not None)
 
 
 @api.get(
@@ -212,13 +213,12 @@ async def similar(
     )
     box = parse_crop_param(crop)
     engine = _engine(request)
-    if await engine.read(engine.index.file_of, wanted) is None:
-        raise HTTPException(404, f"no indexed image has id {wanted}")
     terms = [Term(id=wanted, crop=box)] + [Term(id=i) for i in refine.like]
-    hits = await run_query(engine, terms, refine, k=k, where=filters)
-    vector = await engine.read(engine.index.catalogue.vector_of, wanted)
-    prediction = await _prediction(engine, vector, exclude_ids={wanted})
-    return _results(request, hits, prediction, collapsed=refine.collapse is not None)
+    answer = await run_query(engine, terms, refine, k=k, where=filters, vote=wanted)  # the whole image votes
+    if answer is None:
+        raise HTTPException(404, f"no indexed image has id {wanted}")
+    hits, vote = answer
+    return _results(request, hits, _prediction(vote), collapsed=refine.collapse is not None)
 
 
 @api.get("/stats", response_model=StatsOut, summary="What the index holds (as `dinosearch stats --json`)")
@@ -327,13 +327,9 @@ def _decode_status(kind: str) -> int:
     return 422  # corrupt, truncated, crashed or timed out: an image we could not use
 
 
-async def _prediction(engine: QueryEngine, vector: Any, exclude_ids: set[int] | None = None) -> Prediction | None:
-    """The k-NN vote for `label` (dinosearch.label), or None when the index has no labels."""
-    if vector is None:
-        return None
-    try:
-        p = await engine.read(engine.index.label_vector, vector, exclude_ids=exclude_ids or set())
-    except NoLabelsError:
+def _prediction(p: LabelPrediction | None) -> Prediction | None:
+    """The k-NN vote for `label` (dinosearch.label) as the API shows it: the three best values."""
+    if p is None:
         return None
     return Prediction(by=p.by, label=p.value, labels=[Vote(**v.to_dict()) for v in p.labels[:3]])
 

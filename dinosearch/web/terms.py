@@ -6,10 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from fastapi import HTTPException
 
 from ..api import Term
-from ..errors import ImageError, QueryError, UnknownImageError
+from ..errors import ImageError, NoLabelsError, QueryError, UnknownImageError
+from ..label import Prediction as LabelPrediction
 from ..records import Hit
 from .engine import QueryEngine
 
@@ -66,13 +68,34 @@ def parse_crop_param(text: str | None) -> Any:
         raise HTTPException(404, "an image of this query can no longer be read; run `dinosearch index` again") from None
 
 
-async def run_query(engine: QueryEngine, terms: list[Term], refine: _Refine, *, k: int, where: dict[str, str]) -> list[Hit]:
-    """Run a combined query in the index thread; unknown ids and impossible queries are 4xx."""
+async def run_query(
+    engine: QueryEngine, terms: list[Term], refine: _Refine, *, k: int, where: dict[str, str],
+    vote: np.ndarray | int | None = None,
+) -> tuple[list[Hit], LabelPrediction | None] | None:
+    """Run a combined query and the label vote in one trip to the index thread (each trip costs the
+    server's one core more than a search's SQLite reads); unknown ids and impossible queries are 4xx.
+
+    `vote`: what the k-NN label vote is for, a (dim,) vector or an indexed id whose stored vector votes
+    (and which does not vote for itself); None: no vote. Returns (hits, the vote or None when the index
+    has no labels), or None when `vote` is an id that is not indexed.
+    """
+    index = engine.index
+
+    def read() -> tuple[list[Hit], LabelPrediction | None] | None:
+        vector, exclude = (vote, set()) if not isinstance(vote, int) else (index.catalogue.vector_of(vote), {vote})
+        if isinstance(vote, int) and vector is None:
+            return None
+        hits = index.search(*terms, minus=[Term(id=i) for i in refine.minus], k=k, where=where,
+                            within=refine.within, collapse=refine.collapse)
+        if vector is None:
+            return hits, None
+        try:
+            return hits, index.label_vector(vector, exclude_ids=exclude)
+        except NoLabelsError:
+            return hits, None
+
     try:
-        return await engine.read(
-            engine.index.search, *terms, minus=[Term(id=i) for i in refine.minus], k=k, where=where,
-            within=refine.within, collapse=refine.collapse,
-        )
+        return await engine.read(read)
     except UnknownImageError as exc:
         raise HTTPException(404 if len(terms) == 1 and not refine.minus else 422, str(exc)) from None
     except QueryError as exc:

@@ -103,9 +103,32 @@ def rss_mb(pid: int) -> float:
     return total / 1024
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its children (server workers), from /proc."""
+    pids = [pid] + [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    ticks = 0
+    for p in pids:
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def settle(pid: int, timeout: float = 90.0) -> None:
+    """Wait until the server is idle (its model loaded in the background): the load measures steady state."""
+    end = time.perf_counter() + timeout
+    last = cpu_s(pid)
+    while time.perf_counter() < end:
+        time.sleep(0.5)
+        now = cpu_s(pid)
+        if now - last < 0.05:
+            return
+        last = now
+
+
 def serve_load(index_dir: Path, ids: list[int], rate: float, seconds: float, workers: int) -> dict[str, float]:
     """`dinosearch serve` on loopback; `rate` similar-image requests per second for `seconds`, sent on
-    schedule whatever the answers (open loop); latency counts from each request's scheduled time."""
+    schedule whatever the answers (open loop), once the server is idle after its start (the model loads in
+    the background); latency counts from each request's scheduled time."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -123,6 +146,7 @@ def serve_load(index_dir: Path, ids: list[int], rate: float, seconds: float, wor
                     raise RuntimeError("the server did not start") from None
                 time.sleep(0.2)
         ready_s = time.perf_counter() - t
+        settle(server.pid)
         latencies: list[float] = []
         errors = [0]
         lock = threading.Lock()
