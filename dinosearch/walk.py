@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import os
 import stat
 from dataclasses import dataclass, field
@@ -27,19 +28,33 @@ def is_video_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
 
 
-def _candidate(path: str, root: str, st: os.stat_result) -> ImageFile | None:
-    if is_image_name(path):
-        return ImageFile(path, root, st.st_size, st.st_mtime_ns)
-    if is_video_name(path):
-        return ImageFile(path, root, st.st_size, st.st_mtime_ns, video=True)
-    return None
+# An extension (lower case, with its dot) -> whether it names a video; a name with no key here is ignored.
+_KIND = {**dict.fromkeys(IMAGE_EXTENSIONS, False), **dict.fromkeys(VIDEO_EXTENSIONS, True)}
+
+
+def _kind(name: str) -> bool | None:
+    """False: named like an image, True: like a video, None: neither (as splitext reads a name that
+    does not start with a dot). One dict lookup: the walk asks it of every file of a million."""
+    dot = name.rfind(".")
+    return _KIND.get(name[dot:].lower()) if dot > 0 else None
+
+
+_name = operator.attrgetter("name")
+Found = tuple[str, int, int, bool]  # (path, size, mtime_ns, video) of a candidate file
 
 
 @dataclass
 class WalkResult:
-    files: list[ImageFile] = field(default_factory=list)
+    root: str = ""
+    # Candidates as plain tuples: a walk of a million files builds a record per file, and the plan
+    # makes ImageFiles only of the few it has work for.
+    found: list[Found] = field(default_factory=list)
     # Directories that could not be listed: nothing below them may be swept from the index.
     unreadable: list[str] = field(default_factory=list)
+
+    @property
+    def files(self) -> list[ImageFile]:
+        return [ImageFile(path, self.root, size, mtime_ns, video) for path, size, mtime_ns, video in self.found]
 
 
 def walk(root: str, *, follow_symlinks: bool = False) -> WalkResult:
@@ -49,13 +64,14 @@ def walk(root: str, *, follow_symlinks: bool = False) -> WalkResult:
     then each directory is entered once (no loops). Only regular files are returned: a FIFO or a
     device named .jpg is never opened.
     """
-    result = WalkResult()
     root = os.path.abspath(root)
+    result = WalkResult(root)
+    found = result.found
     st = os.stat(root) if follow_symlinks else os.lstat(root)
     if stat.S_ISREG(st.st_mode):
-        found = _candidate(root, root, st)
-        if found is not None:
-            result.files.append(found)
+        video = _kind(os.path.basename(root))
+        if video is not None:
+            found.append((root, st.st_size, st.st_mtime_ns, video))
         return result
     seen_dirs: set[tuple[int, int]] = {(st.st_dev, st.st_ino)}
     stack = [root]
@@ -67,10 +83,11 @@ def walk(root: str, *, follow_symlinks: bool = False) -> WalkResult:
         except OSError:
             result.unreadable.append(directory)
             continue
-        entries.sort(key=lambda e: e.name)
+        entries.sort(key=_name)
         subdirs = []
         for entry in entries:
-            if entry.name.startswith("."):
+            name = entry.name
+            if name.startswith("."):
                 continue
             try:
                 if entry.is_dir(follow_symlinks=follow_symlinks):
@@ -81,11 +98,10 @@ def walk(root: str, *, follow_symlinks: bool = False) -> WalkResult:
                             continue
                         seen_dirs.add(key)
                     subdirs.append(entry.path)
-                elif (is_image_name(entry.name) or is_video_name(entry.name)) and entry.is_file(follow_symlinks=follow_symlinks):
+                elif (video := _kind(name)) is not None and entry.is_file(follow_symlinks=follow_symlinks):
                     est = entry.stat(follow_symlinks=follow_symlinks)
-                    found = _candidate(entry.path, root, est) if stat.S_ISREG(est.st_mode) else None
-                    if found is not None:
-                        result.files.append(found)
+                    if stat.S_ISREG(est.st_mode):
+                        found.append((entry.path, est.st_size, est.st_mtime_ns, video))
             except OSError:
                 # A broken symlink, a symlink loop or a file deleted under us: nothing to index.
                 continue

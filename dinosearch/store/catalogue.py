@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -78,12 +79,16 @@ class Catalogue:
         """Every indexed path at or below the roots -> what is known of it."""
         out: dict[str, Known] = {}
         cols = (images.c.path, images.c.id, images.c.size, images.c.mtime_ns, images.c.content_hash, images.c.timestamp)
+        encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()  # path_of, inlined
+        make = tuple.__new__
         with self.engine.connect() as conn:
             for root in roots:
                 lo, hi = prefix_range(root)
                 q = select(*cols).where(((images.c.path >= lo) & (images.c.path < hi)) | (images.c.path == path_key(root)))
-                for key, id_, size, mtime, h, ts in conn.execute(q):
-                    out[path_of(key)] = Known(id_, size, mtime, h, video=ts is not None)  # a video: any frame's row
+                # Plain values from the DBAPI cursor: a million rows as SQLAlchemy Rows cost seconds more.
+                # tuple.__new__ builds a Known in C; Known(...) runs a Python __new__ (1.6 s a million).
+                for key, id_, size, mtime, h, ts in conn.execute(q).cursor:
+                    out[key.decode(encoding, errors)] = make(Known, (id_, size, mtime, h, ts is not None))  # a video: any frame's row
         return out
 
     def failures_under(self, roots: Iterable[str]) -> dict[str, tuple[int, int, str, str]]:

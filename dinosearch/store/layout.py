@@ -19,7 +19,7 @@ CACHE_DIR = "cache"
 
 # The Alembic revision this code writes. A database at another known revision is migrated on open;
 # one at an unknown revision was written by a newer dinosearch and is refused.
-SCHEMA_REVISION = "0003_frames"
+SCHEMA_REVISION = "0004_path_stat"
 
 # Keys of the settings table (values are JSON).
 VERSION_KEY = "version"  # an integer bumped by every write to the catalogue

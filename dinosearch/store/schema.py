@@ -51,6 +51,8 @@ images = Table(
 )
 # One row per photo, one per (video, frame time): IFNULL because SQLite's UNIQUE lets NULLs repeat.
 Index("uq_images_path_timestamp", images.c.path, func.ifnull(images.c.timestamp, -1.0), unique=True)
+# Covers Catalogue.known_under, which a run's plan reads for every indexed path under its roots (0004).
+Index("ix_images_path_stat", images.c.path, images.c.size, images.c.mtime_ns, images.c.content_hash, images.c.timestamp)
 
 failures = Table(
     "failures",
