@@ -1,7 +1,8 @@
 # make demo  - set up and run dinosearch on the sample catalogue in data/
 # make test  - set up and run the test suite (no network needed)
 # make bench - indexing, start-up and serving benchmarks (a benchmark, not a test)
-# make bench-scale - the vector index at 1M synthetic rows (SCALE_ARGS="--n 100000" for less)
+# make bench-scale - the vector index at 1M synthetic rows, then re-indexing 1M real tiny files
+#                    (SCALE_ARGS="--n 100000", SCALE_FILES_ARGS="--files 100000" for less)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -37,6 +38,7 @@ bench: $(STAMP)
 
 bench-scale: $(STAMP)
 	$(BIN)/python -m tests.bench.scale_bench $(SCALE_ARGS)
+	$(BIN)/python -m tests.bench.scale_files $(SCALE_FILES_ARGS)
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache build *.egg-info

@@ -84,8 +84,11 @@ def _plan(catalogue: Catalogue, roots: list[str], *, follow_symlinks: bool, vide
                 failed_unchanged += 1
             else:
                 todo.append(ImageFile(path, w.root, size, mtime_ns, is_video))
-    gone = [p for p in known if p not in seen and not any(under(p, r) for r in protected)]
-    gone_failures = [p for p in known_failed if p not in seen and not any(under(p, r) for r in protected)]
+    gone = [p for p in known if p not in seen]
+    gone_failures = [p for p in known_failed if p not in seen]
+    if protected:
+        gone = [p for p in gone if not any(under(p, r) for r in protected)]
+        gone_failures = [p for p in gone_failures if not any(under(p, r) for r in protected)]
     return Plan(todo, known, unchanged, failed_unchanged, gone, gone_failures, warnings, known_failed)
 
 

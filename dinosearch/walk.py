@@ -73,6 +73,7 @@ def walk(root: str, *, follow_symlinks: bool = False) -> WalkResult:
         if video is not None:
             found.append((root, st.st_size, st.st_mtime_ns, video))
         return result
+    kinds = _KIND
     seen_dirs: set[tuple[int, int]] = {(st.st_dev, st.st_ino)}
     stack = [root]
     while stack:
@@ -98,7 +99,9 @@ def walk(root: str, *, follow_symlinks: bool = False) -> WalkResult:
                             continue
                         seen_dirs.add(key)
                     subdirs.append(entry.path)
-                elif (video := _kind(name)) is not None and entry.is_file(follow_symlinks=follow_symlinks):
+                # _kind, inlined: a call per file costs ~0.5 s a million
+                elif (dot := name.rfind(".")) > 0 and (video := kinds.get(name[dot:].lower())) is not None \
+                        and entry.is_file(follow_symlinks=follow_symlinks):
                     est = entry.stat(follow_symlinks=follow_symlinks)
                     if stat.S_ISREG(est.st_mode):
                         found.append((entry.path, est.st_size, est.st_mtime_ns, video))
