@@ -6,7 +6,7 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -166,28 +166,42 @@ class Catalogue:
         return {"path": path_of(row[0]), "size": row[1], "mtime_ns": row[2], "content_hash": row[3], "format": row[4],
                 "timestamp": row[5]}
 
+    def _by_ids(self, columns: str, ids: Sequence[int]) -> list[tuple[Any, ...]]:
+        """Plain rows of `columns` (of `images`, as SQL) for the ids that exist, in no order.
+
+        For the reads a search repeats on every query (a query id's vector, the re-rank's candidates,
+        the hits' rows): a pooled DBAPI connection, with no SQLAlchemy Connection around it, whose
+        BEGIN/ROLLBACK pair, statement cache and Row objects took three times SQLite's own time here
+        (0.6 of 0.8 ms for 42 vectors at 1M rows). A single SELECT reads one consistent snapshot by
+        itself: no transaction is needed.
+        """
+        rows: list[tuple[Any, ...]] = []
+        conn = self.engine.raw_connection()
+        try:
+            db = conn.driver_connection
+            for part in chunks(ids):
+                rows += db.execute(f"SELECT {columns} FROM images WHERE id IN ({','.join('?' * len(part))})", part).fetchall()
+        finally:
+            conn.close()
+        return rows
+
     def vector_of(self, image_id: int) -> np.ndarray | None:
-        with self.engine.connect() as conn:
-            blob = conn.execute(select(images.c.vector).where(images.c.id == image_id)).scalar()
-        return None if blob is None else vector_from(blob)
+        rows = self._by_ids("vector", [int(image_id)])
+        return vector_from(rows[0][0]) if rows else None
 
     def rows_by_id(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
         """id -> {path, metadata, width, height, format, timestamp} for the ids that exist."""
-        ids = [int(i) for i in ids]
         out: dict[int, dict[str, Any]] = {}
-        cols = (images.c.id, images.c.path, images.c.meta_json, images.c.width, images.c.height, images.c.format,
-                images.c.timestamp)
-        with self.engine.connect() as conn:
-            for part in chunks(ids):
-                for id_, key, meta, w, h, fmt, ts in conn.execute(select(*cols).where(images.c.id.in_(part))):
-                    out[id_] = {
-                        "path": path_of(key),
-                        "metadata": json.loads(meta) if meta else None,
-                        "width": w,
-                        "height": h,
-                        "format": fmt,
-                        "timestamp": ts,
-                    }
+        for id_, key, meta, w, h, fmt, ts in self._by_ids("id, path, meta_json, width, height, format, timestamp",
+                                                          [int(i) for i in ids]):
+            out[id_] = {
+                "path": path_of(key),
+                "metadata": json.loads(meta) if meta else None,
+                "width": w,
+                "height": h,
+                "format": fmt,
+                "timestamp": ts,
+            }
         return out
 
     def iter_vectors(self, chunk: int = 50_000, *, after: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -207,12 +221,7 @@ class Catalogue:
 
     def vectors_by_id(self, ids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
         """(ids (n,) int64, vectors (n, dim) float32) of the given ids that exist, in id order."""
-        wanted = sorted({int(i) for i in ids})
-        found: list[tuple[int, bytes]] = []
-        with self.engine.connect() as conn:
-            for part in chunks(wanted):
-                found += conn.execute(select(images.c.id, images.c.vector).where(images.c.id.in_(part))).all()
-        found.sort()
+        found = sorted(self._by_ids("id, vector", sorted({int(i) for i in ids})))  # every IVF search's re-rank reads here
         out = np.fromiter((r[0] for r in found), dtype=np.int64, count=len(found))
         if not found:
             return out, np.zeros((0, 0), np.float32)

@@ -64,6 +64,22 @@ def insert_rows(cat: Catalogue, n: int, dim: int, start: int, rng: np.random.Gen
             _bump(conn)
 
 
+class Figures(dict):
+    """The run's figures, each printed as soon as it is measured (a 10M run takes long: what finished shows)."""
+
+    def __init__(self, **first: object):
+        super().__init__()
+        self.update(first)
+
+    def __setitem__(self, key: str, value: object) -> None:
+        super().__setitem__(key, value)
+        print(f"{key:>24}: {round(value, 4) if isinstance(value, float) else value}", flush=True)
+
+    def update(self, other: dict[str, object]) -> None:  # type: ignore[override]
+        for key, value in other.items():
+            self[key] = value
+
+
 def timed(fn, repeat: int = 1) -> tuple[float, object]:
     best, out = float("inf"), None
     for _ in range(repeat):
@@ -196,7 +212,7 @@ def main() -> None:
     base = args.dir or Path(tempfile.mkdtemp(prefix="dinosearch-scale-"))
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(max(16, n // 1000), dim)).astype(np.float32)
-    out: dict[str, object] = {"n": n, "dim": dim}
+    out = Figures(n=n, dim=dim)
     cat = Catalogue(base / "index")
     try:
         out["insert_rows_s"], _ = timed(lambda: insert_rows(cat, n, dim, 0, rng, centres))
@@ -240,8 +256,6 @@ def main() -> None:
         cat.close()
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
-    for key, value in out.items():
-        print(f"{key:>24}: {round(value, 4) if isinstance(value, float) else value}")
 
 
 if __name__ == "__main__":
