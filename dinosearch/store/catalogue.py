@@ -227,13 +227,15 @@ class Catalogue:
             return out, np.zeros((0, 0), np.float32)
         return out, np.frombuffer(b"".join(r[1] for r in found), dtype="<f4").reshape(len(found), -1).astype(np.float32)
 
-    def id_summary(self) -> tuple[int, int, int, int]:
-        """(count, sum, min, max) of the image ids, in one aggregate query (0s when empty)."""
+    def id_summary(self) -> tuple[int, int, int]:
+        """(count, min, max) of the image ids (0s when empty). Three queries SQLite answers without a
+        scan (its count(*) path, the rowid B-tree's two ends); a sum of the ids took 0.35 s at 1M rows,
+        paid by every process that opens the vector index."""
         with self.engine.connect() as conn:
-            row = conn.execute(
-                select(func.count(), func.sum(images.c.id), func.min(images.c.id), func.max(images.c.id))
-            ).first()
-        return tuple(int(v or 0) for v in row)  # type: ignore[return-value]
+            count = conn.execute(select(func.count()).select_from(images)).scalar()
+            low = conn.execute(select(func.min(images.c.id))).scalar()
+            high = conn.execute(select(func.max(images.c.id))).scalar()
+        return int(count or 0), int(low or 0), int(high or 0)
 
     def all_ids(self) -> np.ndarray:
         with self.engine.connect() as conn:

@@ -204,6 +204,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--dir", type=Path, default=None)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--reuse", action="store_true", help="with --dir: keep the rows a --keep run left there (N of them)")
     ap.add_argument("--rate", type=float, default=100.0, help="similar-image requests per second on serve (default 100)")
     ap.add_argument("--seconds", type=float, default=20.0, help="seconds of that load (default 20)")
     ap.add_argument("--serve-workers", type=int, default=1, help="dinosearch serve --workers (default 1)")
@@ -215,7 +216,10 @@ def main() -> None:
     out = Figures(n=n, dim=dim)
     cat = Catalogue(base / "index")
     try:
-        out["insert_rows_s"], _ = timed(lambda: insert_rows(cat, n, dim, 0, rng, centres))
+        if args.reuse and cat.count_images() == n:
+            out["insert_rows_s"] = "reused"  # the rows of an earlier run kept with --keep
+        else:
+            out["insert_rows_s"], _ = timed(lambda: insert_rows(cat, n, dim, 0, rng, centres))
         # A fingerprint, as a model would record, so that the CLI and the server open the index.
         cat.set_settings({MODEL_KEY: ModelFingerprint("synthetic", "synthetic", dim, "synthetic").to_dict()})
         vi = vectors.VectorIndex(cat)
