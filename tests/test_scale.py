@@ -202,3 +202,29 @@ def test_a_big_collection_plans_with_the_walk_in_a_process_of_its_own(tmp_path: 
     assert apart == here
     assert here[:3] == (1, sorted(str(f) for f in files[1:]), [str(root / "gone.jpg")])
     cat.close()
+
+
+def test_the_reranked_candidates_are_tuned_with_nprobe_when_codes_are_coarse(tmp_path: Path) -> None:
+    """8-byte PQ codes of 32-d vectors cannot order 600 close neighbours per cluster: k + 32 candidates
+    miss recall@10 0.95 at small nprobe, so tuning re-ranks more; the generation records how many and
+    every later search (a reader's too) uses them."""
+    from dinosearch.store.layout import GENERATION_KEY
+    from dinosearch.store.recall import RERANKS, recall_at, sample_queries, without_self
+
+    cat = Catalogue(tmp_path / "ix")
+    add_rows(cat, clustered(6000, seed=1, clusters=10), 0)
+    vectors.VectorIndex(cat).sync(DIM, force=True, requested="IVF16,PQ8")
+    state = cat.get_setting(GENERATION_KEY)
+    assert state["rerank"] > RERANKS[0] and state["recall"] >= 0.95
+    loaded = vectors.load(cat, DIM, mmap=True)
+    assert not loaded.rebuilt and loaded.info["rerank"] == state["rerank"]
+    ids, queries = sample_queries(cat, n=200, seed=7)
+    _, truth = exact_search(cat, queries, 10, exclude=ids)
+
+    def recall(index: vectors.LoadedVectors) -> float:
+        return recall_at(without_self(vectors.search(index, queries, 11)[1], ids, 10), truth)
+
+    few = vectors.LoadedVectors(loaded.index, loaded.generation, False, info={**loaded.info, "rerank": RERANKS[0]},
+                                fetch=cat.vectors_by_id)
+    assert recall(loaded) >= 0.9 and recall(loaded) > recall(few) + 0.03
+    cat.close()

@@ -25,7 +25,7 @@ RETRAIN_FACTOR = 4  # grown or shrunk this much since training: train again (the
 TRAIN_PER_LIST = 40  # training vectors per inverted list (k-means wants >= 39)
 TRAIN_MIN = 20_000  # ... and at least this many (PQ codebooks need ~10k)
 
-Searcher = Callable[[Any, np.ndarray, int, int], np.ndarray]  # (index, queries, k, nprobe) -> ids (m, k)
+Searcher = Callable[[Any, np.ndarray, int, int, int], np.ndarray]  # (index, queries, k, nprobe, rerank) -> ids (m, k)
 
 
 @dataclass(frozen=True)
@@ -73,9 +73,9 @@ def build(catalogue: Catalogue, dim: int, search: Searcher, *, requested: str = 
         return Built(index, {**info, "type": FLAT, "nprobe": None, "recall": 1.0})
     _train(index, catalogue, ivf.nlist)
     _fill(index, catalogue, dim)
-    nprobe, measured = tune(index, catalogue, search)
+    nprobe, rerank, measured = tune(index, catalogue, search)
     ivf.nprobe = nprobe
-    return Built(index, {**info, "type": kind, "nprobe": nprobe, "recall": round(measured, 4)})
+    return Built(index, {**info, "type": kind, "nprobe": nprobe, "rerank": rerank, "recall": round(measured, 4)})
 
 
 def _train(index: Any, catalogue: Catalogue, nlist: int) -> None:
@@ -86,14 +86,15 @@ def _train(index: Any, catalogue: Catalogue, nlist: int) -> None:
     index.train(np.ascontiguousarray(sample))
 
 
-def tune(index: Any, catalogue: Catalogue, search: Searcher) -> tuple[int, float]:
-    """(nprobe, recall@10 at it): the smallest nprobe reaching recall.TARGET on held-out collection rows."""
+def tune(index: Any, catalogue: Catalogue, search: Searcher) -> tuple[int, int, float]:
+    """(nprobe, re-ranked candidates beyond k, recall@10 at them): the smallest nprobe (and at it the
+    fewest candidates) reaching recall.TARGET on held-out collection rows (recall.tune)."""
     ivf = ivf_of(index)
     query_ids, queries = recall.sample_queries(catalogue)
     if len(query_ids) == 0:
-        return 1, 1.0
+        return 1, recall.RERANKS[0], 1.0
     _, truth = recall.exact_search(catalogue, queries, recall.RECALL_K, exclude=query_ids)
-    return recall.tune(lambda q, k, p: search(index, q, k, p), query_ids, queries, truth, ivf.nlist)
+    return recall.tune(lambda q, k, p, e: search(index, q, k, p, e), query_ids, queries, truth, ivf.nlist)
 
 
 def retrain_reason(state: dict[str, Any], count: int) -> str | None:

@@ -15,7 +15,7 @@ import numpy as np
 from .kinds import faiss_module as _faiss
 from .kinds import is_flat, ivf_of
 
-RERANK_EXTRA = 32  # an IVF search takes k + this many candidates (at least 2k), re-ranked exactly
+RERANK_EXTRA = 32  # an IVF search takes k + this many candidates (at least 2k), re-ranked exactly, unless tuned otherwise
 
 
 @dataclass
@@ -53,7 +53,9 @@ def search(index: Any, queries: np.ndarray, k: int, ids: np.ndarray | None = Non
         return _search_one(index, queries, k, ids, nprobe)
     q = np.ascontiguousarray(queries, dtype=np.float32)
     approximate = not is_flat(index.index)
-    want = max(2 * k, k + RERANK_EXTRA) if approximate else k
+    # Candidates re-ranked beyond k: as tuned with the generation's nprobe (recall.RERANKS), else RERANK_EXTRA.
+    extra = int(index.info.get("rerank") or RERANK_EXTRA)
+    want = max(2 * k, k + extra) if approximate else k
     scores, found = _search_one(index.index, q, want, ids, nprobe)
     if index.delta is not None and index.delta.ntotal:
         s2, i2 = _search_one(index.delta, q, want, ids, None)

@@ -73,8 +73,8 @@ def build(catalogue: Catalogue, dim: int, *, requested: str = AUTO, budget: int 
 
 
 def _tuning_search(catalogue: Catalogue) -> building.Searcher:
-    def run(index: Any, queries: np.ndarray, k: int, nprobe: int) -> np.ndarray:
-        loaded = LoadedVectors(index, 0, False, fetch=catalogue.vectors_by_id)
+    def run(index: Any, queries: np.ndarray, k: int, nprobe: int, rerank: int) -> np.ndarray:
+        loaded = LoadedVectors(index, 0, False, info={"rerank": rerank}, fetch=catalogue.vectors_by_id)
         return search(loaded, queries, k, nprobe=nprobe)[1]
 
     return run
@@ -184,7 +184,7 @@ def save(index: Any, catalogue: Catalogue, dim: int, version: int, info: dict[st
                 "intact, and what was indexed is kept in the catalogue) — free some space and run again"
             ) from None
         raise DinosearchError(f"could not write the vector index in {catalogue.dir}: {exc}") from None
-    known = ("type", "nprobe", "recall", "trained", "requested", "budget")
+    known = ("type", "nprobe", "rerank", "recall", "trained", "requested", "budget")
     recorded = {"type": FLAT, "nprobe": None, "recall": 1.0, "trained": int(index.ntotal), "requested": AUTO,
                 "budget": None, **{k: v for k, v in (info or {}).items() if k in known}}
     catalogue.set_settings(
