@@ -10,13 +10,15 @@ nor swept), so a run without --video never drops indexed videos.
 from __future__ import annotations
 
 import gc
+import multiprocessing
+import operator
 import os
 from dataclasses import dataclass, field
 
 from .errors import PathNotFoundError
 from .records import FailureKind, ImageFile
 from .store.catalogue import Catalogue, Known
-from .walk import WalkResult, walk
+from .walk import WalkResult, walk_all
 
 # Failures tried again on every run even when the file is unchanged: the fix (chmod) leaves its mtime
 # as it was, and a refused open costs nothing.
@@ -26,7 +28,12 @@ RETRY_EVERY_RUN = frozenset({FailureKind.UNREADABLE})
 # such a file is tried once more on the next run, then again only when the decoders change.
 RETRY_ONCE = frozenset({FailureKind.CRASHED, FailureKind.TIMEOUT})
 
-FailedBefore = tuple[int, int, str, str]  # (size, mtime_ns, error, message) of a recorded failure
+FailedBefore = tuple[int, int, str, str]
+_path = operator.itemgetter(0)
+
+# Indexed images from which the walk runs in a process of its own, beside the catalogue read (below
+# that, starting a process costs more than it saves).
+WALK_APART_FROM = 200_000  # (size, mtime_ns, error, message) of a recorded failure
 
 
 @dataclass
@@ -57,27 +64,28 @@ def plan(catalogue: Catalogue, roots: list[str], *, follow_symlinks: bool = Fals
 
 
 def _plan(catalogue: Catalogue, roots: list[str], *, follow_symlinks: bool, video: bool) -> Plan:
-    walks: dict[str, WalkResult] = {}
     for root in roots:
         if not os.path.exists(root):
             raise PathNotFoundError(f"{root} does not exist; check the path (nothing was changed)")
-        walks[root] = walk(root, follow_symlinks=follow_symlinks)
-    # Not in a thread beside the walk: both are mostly Python, and sharing the GIL made a plan of a
-    # million files 60 % slower, not faster.
-    known = catalogue.known_under(roots)
-    known_failed = catalogue.failures_under(roots)
+    if catalogue.count_images() >= WALK_APART_FROM:
+        walks, known, known_failed = _walk_apart(catalogue, roots, follow_symlinks)
+    else:
+        walks = walk_all(roots, follow_symlinks=follow_symlinks)
+        known, known_failed = catalogue.known_under(roots), catalogue.failures_under(roots)
     warnings, protected = _protected_roots(walks, known)
     seen: set[str] = set()
     todo: list[ImageFile] = []
     unchanged = failed_unchanged = 0
+    look_up = known.get
     for w in walks.values():
-        for path, size, mtime_ns, is_video in w.found:  # a million times on a big tree: tuples, not records
-            if path in seen:
-                continue  # overlapping roots
-            seen.add(path)
+        found = w.found
+        if seen:  # overlapping roots: a file is planned under the first that holds it
+            found = [f for f in found if f[0] not in seen]
+        seen.update(map(_path, found))  # in C: this loop runs a million times on a big tree
+        for path, size, mtime_ns, is_video in found:
             if is_video and not video:
                 continue  # found, so never swept; indexed only with --video
-            k = known.get(path)
+            k = look_up(path)
             if k is not None and k.size == size and k.mtime_ns == mtime_ns:
                 unchanged += 1
             elif k is None and _failed_for_good(known_failed.get(path), size, mtime_ns):
@@ -90,6 +98,28 @@ def _plan(catalogue: Catalogue, roots: list[str], *, follow_symlinks: bool, vide
         gone = [p for p in gone if not any(under(p, r) for r in protected)]
         gone_failures = [p for p in gone_failures if not any(under(p, r) for r in protected)]
     return Plan(todo, known, unchanged, failed_unchanged, gone, gone_failures, warnings, known_failed)
+
+
+def _walk_apart(catalogue: Catalogue, roots: list[str], follow_symlinks: bool) -> tuple[dict[str, WalkResult], dict[str, Known], dict[str, FailedBefore]]:
+    """The walk in a process of its own while this one reads the catalogue: each is ~3 s of Python a
+    million files, so on two cores the plan takes the longer of the two, plus ~1 s to start the
+    process and bring its list back (in a thread instead, sharing the GIL, it took 60 % longer, not
+    less). A process that cannot start leaves the walk to this one: the same walk, only slower."""
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        walking = pool.submit(walk_all, roots, follow_symlinks=follow_symlinks)
+    except (OSError, BrokenProcessPool):
+        return walk_all(roots, follow_symlinks=follow_symlinks), catalogue.known_under(roots), catalogue.failures_under(roots)
+    with pool:
+        known, known_failed = catalogue.known_under(roots), catalogue.failures_under(roots)
+        try:
+            walks = walking.result()
+        except BrokenProcessPool:
+            walks = walk_all(roots, follow_symlinks=follow_symlinks)
+    return walks, known, known_failed
 
 
 def _protected_roots(walks: dict[str, WalkResult], known: dict[str, Known]) -> tuple[list[str], list[str]]:

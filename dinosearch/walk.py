@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import operator
 import os
 import stat
@@ -110,3 +111,14 @@ def walk(root: str, *, follow_symlinks: bool = False) -> WalkResult:
                 continue
         stack.extend(reversed(subdirs))
     return result
+
+
+def walk_all(roots: list[str], *, follow_symlinks: bool = False) -> dict[str, WalkResult]:
+    """walk() of each root, in order; what a plan's walking process runs (plan.py)."""
+    collecting = gc.isenabled()
+    gc.disable()  # millions of acyclic tuples: the collector's passes would find nothing
+    try:
+        return {root: walk(root, follow_symlinks=follow_symlinks) for root in roots}
+    finally:
+        if collecting:
+            gc.enable()

@@ -121,7 +121,7 @@ def _install(commit_every: list[int]) -> None:
 
         return wrapped
 
-    planner.walk = after(planner.walk, "walk")
+    planner.walk_all = after(planner.walk_all, "walk")
     router.read_file = after(router.read_file, "read")
     DecodePool.submit = before(DecodePool.submit, "decode")
     Dinov2Embedder.embed = after(Dinov2Embedder.embed, "embed")

@@ -549,7 +549,7 @@ def test_files_rewritten_or_deleted_between_walk_and_read(tmp_path: Path, tiny_m
     for i, p in enumerate((a, b, c)):
         p.write_bytes(jpeg_bytes(photo(160, 120, seed=60 + i)))
     new_a = jpeg_bytes(photo(300, 200, seed=69))
-    real_walk = planner.walk
+    real_walk = planner.walk_all
 
     def racing_walk(*args, **kwargs):
         result = real_walk(*args, **kwargs)
@@ -557,7 +557,7 @@ def test_files_rewritten_or_deleted_between_walk_and_read(tmp_path: Path, tiny_m
         b.unlink()  # gone before it could be read
         return result
 
-    monkeypatch.setattr(planner, "walk", racing_walk)
+    monkeypatch.setattr(planner, "walk_all", racing_walk)
     with Index(tmp_path / "index", model=tiny_model, workers=1) as ix:
         report = ix.add(root)
         assert (report.added, report.failed) == (2, 0)
@@ -566,7 +566,7 @@ def test_files_rewritten_or_deleted_between_walk_and_read(tmp_path: Path, tiny_m
         st = a.stat()
         assert (known.content_hash, known.size, known.mtime_ns) == (_blake(new_a), st.st_size, st.st_mtime_ns)
         assert float(vector @ ix.vector_of_bytes(new_a)) > 0.9999
-    monkeypatch.setattr(planner, "walk", real_walk)
+    monkeypatch.setattr(planner, "walk_all", real_walk)
     with Index(tmp_path / "index", model=tiny_model, workers=1) as ix:
         again = ix.add(root)
         assert (again.added, again.updated, again.unchanged) == (0, 0, 2)

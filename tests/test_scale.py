@@ -173,6 +173,37 @@ def test_stats_show_the_index_type_and_its_recall(tmp_path: Path, tiny_model: st
     assert stats["index_type"] == "IVF2,SQ8" and stats["images"] == 11 == stats["vectors"]
 
 
+def test_a_big_collection_plans_with_the_walk_in_a_process_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above plan.WALK_APART_FROM indexed images the walk runs in a spawned process beside the catalogue
+    read: the plan is the same as the one walked in this process (unchanged, changed, new, gone)."""
+    from dinosearch import plan as planning
+
+    root = tmp_path / "photos"
+    (root / "sub").mkdir(parents=True)
+    files = [root / "a.jpg", root / "sub" / "b.png", root / "sub" / "c.jpg", root / "d.jpg"]
+    for i, f in enumerate(files):
+        f.write_bytes(b"x" * (10 + i))
+    cat = Catalogue(tmp_path / "ix")
+    vec = vector_bytes(np.ones(DIM, np.float32) / np.sqrt(DIM))
+    st = [f.stat() for f in files]
+    cat.write([
+        ImageRow(str(files[0]), str(root), st[0].st_size, st[0].st_mtime_ns, "h0", vec),  # unchanged
+        ImageRow(str(files[1]), str(root), st[1].st_size + 1, st[1].st_mtime_ns, "h1", vec),  # changed
+        ImageRow(str(root / "gone.jpg"), str(root), 5, 5, "h2", vec),  # deleted from disk
+    ], [])  # c.jpg and d.jpg are new
+
+    def summary(p: planning.Plan) -> tuple:
+        return (p.unchanged, sorted(f.path for f in p.todo), sorted(p.gone), sorted(p.known), p.warnings)
+
+    monkeypatch.setattr(planning, "WALK_APART_FROM", 10**9)
+    here = summary(planning.plan(cat, [str(root)]))
+    monkeypatch.setattr(planning, "WALK_APART_FROM", 0)
+    apart = summary(planning.plan(cat, [str(root)]))
+    assert apart == here
+    assert here[:3] == (1, sorted(str(f) for f in files[1:]), [str(root / "gone.jpg")])
+    cat.close()
+
+
 def test_the_reranked_candidates_are_tuned_with_nprobe_when_codes_are_coarse(tmp_path: Path) -> None:
     """8-byte PQ codes of 32-d vectors cannot order 600 close neighbours per cluster: k + 32 candidates
     miss recall@10 0.95 at small nprobe, so tuning re-ranks more; the generation records how many and
