@@ -221,7 +221,7 @@ class Catalogue:
 
     def vectors_by_id(self, ids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
         """(ids (n,) int64, vectors (n, dim) float32) of the given ids that exist, in id order."""
-        found = sorted(self._by_ids("id, vector", sorted({int(i) for i in ids})))  # every IVF search's re-rank reads here
+        found = sorted(self._by_ids("id, vector", list({int(i) for i in ids})))  # every IVF search's re-rank reads here
         out = np.fromiter((r[0] for r in found), dtype=np.int64, count=len(found))
         if not found:
             return out, np.zeros((0, 0), np.float32)
@@ -406,10 +406,8 @@ class Catalogue:
         asks on every request, and at 1M labelled images the read takes seconds."""
         cache = self._cached()
         if ("labelled", key) not in cache:
-            value = image_meta.c.value
-            q = select(image_meta.c.image_id).where(
-                (image_meta.c.key == bindparam("k", key)) & value.is_not(None) & (value != "")
-            )  # the covering index answers it; sorted here, which is faster than ORDER BY (0.6 s vs 0.9 s at 1M)
+            q = select(image_meta.c.image_id).where(_has_value(key))  # the covering index answers it; sorted
+            # here, which is faster than ORDER BY (0.6 s vs 0.9 s at 1M)
             with self.engine.connect() as conn:
                 # Integers straight from the DBAPI cursor: SQLAlchemy's row objects cost 3x the query here.
                 ids = np.fromiter((r[0] for r in conn.execute(q).cursor), dtype=np.int64)
@@ -418,12 +416,7 @@ class Catalogue:
 
     def labelled(self, key: str) -> tuple[np.ndarray, list[str]]:
         """Ids (n,) int64 in id order whose metadata has a non-empty `key`, and each one's value as text."""
-        value = image_meta.c.value
-        q = (
-            select(image_meta.c.image_id, value)
-            .where((image_meta.c.key == bindparam("k", key)) & value.is_not(None) & (value != ""))
-            .order_by(image_meta.c.image_id)
-        )
+        q = select(image_meta.c.image_id, image_meta.c.value).where(_has_value(key)).order_by(image_meta.c.image_id)
         with self.engine.connect() as conn:
             rows = conn.execute(q).all()
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)), [r[1] for r in rows]
@@ -470,6 +463,12 @@ class Catalogue:
         """The distinct roots (indexed PATHs) of the images in the catalogue."""
         with self.engine.connect() as conn:
             return [path_of(r[0]) for r in conn.execute(select(images.c.root).distinct())]
+
+
+def _has_value(key: str) -> Any:
+    """image_meta rows of `key` with a non-empty value (what `labelled` and `labelled_ids` read)."""
+    value = image_meta.c.value
+    return (image_meta.c.key == bindparam("k", key)) & value.is_not(None) & (value != "")
 
 
 class _Watch:
